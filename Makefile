@@ -1,0 +1,28 @@
+# Two entry points, both from nothing: `make serve` and `make test` (what .ci/run calls).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+UV := $(BIN)/uv pip install --python $(BIN)/python -c constraints.txt
+
+.PHONY: serve test lint install-serve install-test
+
+$(BIN)/uv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet uv==0.13.9
+
+install-serve: $(BIN)/uv
+	$(UV) -e '.[engine,convert]'
+
+install-test: $(BIN)/uv
+	$(UV) -e '.[all]'
+
+# Serve the demo model (built on first use) on http://localhost:8000.
+serve: install-serve
+	$(BIN)/ovllm serve
+
+lint: install-test
+	$(BIN)/ruff check .
+
+# The whole suite. Under CI=true a missing prerequisite fails its test instead of skipping it.
+test: install-test lint
+	$(BIN)/python -m pytest

@@ -1,0 +1,42 @@
+"""The `ovllm` command. Subcommands register themselves here and import their heavy
+dependencies only when they run, so `ovllm --help` works with any extra installed."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ovllm_engine import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ovllm_engine import testmodels
+    from ovllm_engine.server import args as serve_args
+
+    parser = argparse.ArgumentParser(
+        prog="ovllm",
+        description="CPU LLM serving on OpenVINO: an OpenAI-compatible engine and its Kubernetes operator.",
+    )
+    parser.add_argument("--version", action="version", version=f"ovllm {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve_args.add_parser(subparsers)
+    testmodels.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

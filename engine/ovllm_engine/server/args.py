@@ -1,0 +1,123 @@
+"""The `ovllm serve` command line: vLLM's flag names, resolved with the environment into an EngineConfig."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from ovllm_engine.config import (
+    API_KEY,
+    QUANTIZED_WEIGHTS,
+    ConfigError,
+    EngineConfig,
+    check_kv_space,
+    model_max_len,
+    parse_env,
+    parse_ov_config,
+)
+
+log = logging.getLogger(__name__)
+DEMO_MODEL = "tiny"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible API",
+        description="Serve an OpenVINO IR model (with its OpenVINO tokenizer and detokenizer) over an "
+        "OpenAI-compatible HTTP API with continuous batching. With no MODEL, serves a small random-weight "
+        "demo model built on first use (needs the convert extra).",
+    )
+    parser.add_argument("model", nargs="?", help="directory holding openvino_model.xml and its tokenizers")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--served-model-name", help="the model name clients ask for (default: the directory name)")
+    parser.add_argument("--max-model-len", type=int, help="prompt plus output tokens (default: the model's context)")
+    parser.add_argument("--max-num-seqs", type=int, default=256, help="sequences in one batch")
+    parser.add_argument(
+        "--max-num-batched-tokens", type=int, default=256, help="tokens one engine step processes (prefill chunk)"
+    )
+    parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--api-key", default=None, help=f"require this bearer key on /v1/* (also ${API_KEY})")
+    parser.add_argument("--ov-config", help='JSON OpenVINO properties, e.g. \'{"INFERENCE_PRECISION_HINT": "f32"}\'')
+    parser.add_argument(
+        "--shutdown-grace", type=float, default=30.0, help="seconds to finish requests in flight after SIGTERM"
+    )
+    parser.add_argument("--max-request-mb", type=float, default=4.0, help="largest request body accepted, in MiB")
+    parser.set_defaults(func=_run)
+
+
+def build_config(args, environ=None) -> EngineConfig:
+    """Resolve flags and environment into the engine's configuration, or raise ConfigError."""
+    env = os.environ if environ is None else environ
+    settings = parse_env(env)
+    model_dir = Path(args.model)
+    if not (model_dir / "openvino_model.xml").is_file():
+        raise ConfigError(f"{model_dir} holds no openvino_model.xml: give a directory with an OpenVINO IR model")
+    for name in ("openvino_tokenizer.xml", "openvino_detokenizer.xml"):
+        if not (model_dir / name).is_file():
+            raise ConfigError(f"{model_dir} holds no {name}: convert the tokenizer with openvino-tokenizers")
+    if settings.quantized_weights is not None:
+        log.warning("%s is ignored: %s is already OpenVINO IR, used as it is", QUANTIZED_WEIGHTS, model_dir)
+    context = model_max_len(model_dir)
+    max_model_len = args.max_model_len or context
+    if not max_model_len:
+        raise ConfigError(f"{model_dir}/config.json gives no context length: pass --max-model-len")
+    if context and max_model_len > context:
+        raise ConfigError(f"--max-model-len {max_model_len} exceeds the model's context of {context} tokens")
+    for flag in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} {value} must be at least 1")
+    if not args.enable_chunked_prefill and args.max_num_batched_tokens < max_model_len:
+        raise ConfigError(
+            f"--max-num-batched-tokens {args.max_num_batched_tokens} is below --max-model-len {max_model_len}: "
+            "without chunked prefill a whole prompt must fit in one step"
+        )
+    config = EngineConfig(
+        model_dir=str(model_dir.resolve()),
+        served_model_name=args.served_model_name or model_dir.resolve().name,
+        max_model_len=max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        enable_prefix_caching=args.enable_prefix_caching,
+        enable_chunked_prefill=args.enable_chunked_prefill,
+        kv_cache_space_gb=settings.kv_cache_space_gb,
+        kv_cache_precision=settings.kv_cache_precision,
+        inference_threads=settings.inference_threads,
+        ov_config=parse_ov_config(args.ov_config),
+    )
+    check_kv_space(config)
+    return config
+
+
+def _run(args) -> int:
+    from ovllm_engine.server.main import run
+
+    if args.model is None:
+        args.model = str(_demo_model())
+        args.served_model_name = args.served_model_name or "ovllm-demo"
+    try:
+        config = build_config(args)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    api_key = args.api_key or os.environ.get(API_KEY) or None
+    return run(config, host=args.host, port=args.port, api_key=api_key, shutdown_grace=args.shutdown_grace,
+               max_request_bytes=int(args.max_request_mb * 1024 * 1024))
+
+
+def _demo_model() -> Path:
+    from ovllm_engine import testmodels
+
+    try:
+        import optimum.intel  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "ovllm serve with no MODEL builds a demo model and needs the convert extra: pip install 'ovllm[convert]'"
+        ) from None
+    log.info("no MODEL given: serving the random-weight demo model (built once, then cached)")
+    return testmodels.ov_model(DEMO_MODEL, "fp32")

@@ -1,0 +1,156 @@
+"""The server's side of the engine process: starts it, sends it requests, and routes the tokens
+it produces to one asyncio queue per request.
+
+The pipe is watched with `loop.add_reader`, so tokens reach the HTTP handlers as soon as a step
+ends, without a polling thread. When the engine process dies the pipe reaches EOF: every request in
+flight gets an EngineDead, and `on_death` tells the server to exit non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import multiprocessing
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ovllm_engine.config import EngineConfig
+from ovllm_engine.server.engine_process import engine_main
+
+log = logging.getLogger(__name__)
+
+
+class EngineDead(RuntimeError):
+    """The engine process is gone; no request can complete."""
+
+
+class EngineStartFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Delta:
+    """What one engine step produced for one request."""
+
+    token_ids: list[int]
+    logprobs: list[float] | None
+    finish_reason: str | None
+    error: str | None = None
+    added_at: float | None = None  # when the pipeline took the request (first Delta only)
+
+
+class EngineClient:
+    def __init__(self, config: EngineConfig, on_stats: Callable[[dict], None] | None = None):
+        self.config = config
+        self.on_stats = on_stats or (lambda stats: None)
+        self.on_death: Callable[[], None] = lambda: None
+        self.alive = False
+        self.pid: int | None = None
+        self._ids = itertools.count()
+        self._queues: dict[int, asyncio.Queue] = {}
+        self._process = None
+        self._conn = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Future | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Start the engine process and wait until its pipeline is loaded."""
+        self._loop = asyncio.get_running_loop()
+        context = multiprocessing.get_context("spawn")  # no fork: the server holds sockets and an event loop
+        self._conn, child_conn = context.Pipe(duplex=True)
+        self._process = context.Process(
+            target=engine_main,
+            args=(self.config, child_conn, logging.getLogger().level),
+            name="ovllm-engine",
+            daemon=True,
+        )
+        self._process.start()
+        child_conn.close()  # so that the child's death reaches us as EOF
+        self._ready = self._loop.create_future()
+        self._loop.add_reader(self._conn.fileno(), self._on_readable)
+        info = await self._ready
+        self.pid = info["pid"]
+        self.alive = True
+
+    def add(self, prompt_ids: list[int], sampling: dict) -> tuple[int, asyncio.Queue]:
+        """Submit one sequence; its Deltas arrive on the returned queue."""
+        if not self.alive:
+            raise EngineDead("the engine process is not running")
+        request_id = next(self._ids)
+        queue: asyncio.Queue = asyncio.Queue()
+        self._queues[request_id] = queue
+        self._send(("add", request_id, prompt_ids, sampling))
+        return request_id, queue
+
+    def abort(self, request_id: int) -> None:
+        """Free a sequence at once (client gone, stop string found)."""
+        if self._queues.pop(request_id, None) is not None and self.alive:
+            self._send(("abort", request_id))
+
+    def release(self, request_id: int) -> None:
+        """Forget a finished sequence."""
+        self._queues.pop(request_id, None)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._queues)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        if self.alive:
+            self._send(("stop",))
+        if self._process is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._process.join, timeout)
+            if self._process.is_alive():
+                self._process.kill()
+        self._detach()
+
+    def _send(self, message) -> None:
+        try:
+            self._conn.send(message)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            self._died()
+
+    def _on_readable(self) -> None:
+        try:
+            while self._conn.poll():
+                self._dispatch(self._conn.recv())
+        except (EOFError, ConnectionResetError, OSError):
+            self._died()
+
+    def _dispatch(self, message) -> None:
+        kind = message[0]
+        if kind == "out":
+            _, outputs, stats = message
+            for request_id, *fields in outputs:
+                queue = self._queues.get(request_id)
+                if queue is not None:
+                    queue.put_nowait(Delta(*fields))
+            self.on_stats(stats)
+        elif kind == "ready":
+            self._ready.set_result(message[1])
+        elif kind == "failed":
+            self._ready.set_exception(EngineStartFailed(message[1]))
+
+    def _died(self) -> None:
+        self._detach()
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(EngineStartFailed("the engine process died while loading the model"))
+            return
+        was_alive, self.alive = self.alive, False
+        for queue in self._queues.values():
+            queue.put_nowait(EngineDead("the engine process died"))
+        self._queues.clear()
+        if was_alive and not self._stopping:
+            code = self._process.exitcode if self._process is not None else None
+            log.error("the engine process died (exit code %s)", code)
+            self.on_death()
+
+    def _detach(self) -> None:
+        if self._conn is not None and self._loop is not None:
+            try:
+                self._loop.remove_reader(self._conn.fileno())
+            except (ValueError, OSError):
+                pass

@@ -1,0 +1,139 @@
+"""One sequence from prompt ids to text: submit it to the engine, turn its tokens into text as they
+arrive, stop on stop strings, record latencies, and free it at once if the caller goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from ovllm_engine.server.detokenizer import IncrementalText
+from ovllm_engine.server.engine_client import EngineClient, EngineDead
+from ovllm_engine.server.metrics import EngineMetrics
+
+
+class EngineRejected(ValueError):
+    """The pipeline refused this request's parameters."""
+
+
+@dataclass
+class Chunk:
+    """Text and tokens a sequence produced since the previous chunk."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float] | None
+    finish_reason: str | None = None
+
+
+@dataclass
+class SequenceResult:
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+async def generate(
+    engine: EngineClient,
+    metrics: EngineMetrics,
+    decode: Callable[[list[int]], str],
+    prompt_ids: list[int],
+    sampling: dict,
+    stops: list[str],
+    arrival: float,
+) -> AsyncIterator[Chunk]:
+    """Yield Chunks of one sequence until it finishes; the last one carries the finish reason."""
+    request_id, queue = engine.add(prompt_ids, sampling)
+    text = IncrementalText(decode, stops)
+    finished = False
+    last_token_at = None
+    generated = 0
+    try:
+        while not finished:
+            delta = await queue.get()
+            if isinstance(delta, EngineDead):
+                raise delta
+            if delta.error:
+                finished = True
+                engine.release(request_id)
+                metrics.finished("error", len(prompt_ids), generated, time.monotonic() - arrival)
+                raise EngineRejected(delta.error)
+            now = time.monotonic()
+            if delta.added_at is not None:
+                metrics.observe("queue_time", max(0.0, delta.added_at - arrival))
+            if delta.token_ids:
+                if last_token_at is None:
+                    metrics.observe("ttft", now - arrival)
+                    metrics.count("prompt_tokens", len(prompt_ids))
+                else:
+                    # one step can deliver several tokens; spread the gap over them
+                    gap = (now - last_token_at) / len(delta.token_ids)
+                    for _ in delta.token_ids:
+                        metrics.observe("itl", gap)
+                last_token_at = now
+                generated += len(delta.token_ids)
+                metrics.count("generation_tokens", len(delta.token_ids))
+            piece = text.add(delta.token_ids)
+            finish = delta.finish_reason
+            if text.stopped:
+                finish = "stop"
+            if finish:
+                finished = True
+                piece += text.finish()
+                if delta.finish_reason is None:  # stopped here, not by the engine: free it now
+                    engine.abort(request_id)
+                else:
+                    engine.release(request_id)
+                metrics.finished(finish, len(prompt_ids), generated, time.monotonic() - arrival)
+            yield Chunk(piece, delta.token_ids, delta.logprobs, finish)
+    finally:
+        if not finished:  # the caller went away, or the engine failed
+            engine.abort(request_id)
+            metrics.finished("abort", len(prompt_ids), generated, time.monotonic() - arrival)
+
+
+async def collect(chunks: AsyncIterator[Chunk]) -> SequenceResult:
+    result = SequenceResult()
+    async for chunk in chunks:
+        result.token_ids.extend(chunk.token_ids)
+        result.logprobs.extend(chunk.logprobs or [])
+        result.finish_reason = chunk.finish_reason or result.finish_reason
+    return result
+
+
+async def merge(streams: list[AsyncIterator[Chunk]]) -> AsyncIterator[tuple[int, Chunk]]:
+    """Interleave several sequences' chunks as they come, tagged with each sequence's index."""
+    if len(streams) == 1:
+        async with contextlib.aclosing(streams[0]) as stream:
+            async for chunk in stream:
+                yield 0, chunk
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(index: int, stream: AsyncIterator[Chunk]) -> None:
+        try:
+            async for chunk in stream:
+                await queue.put((index, chunk))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            await queue.put((index, exc))
+        finally:
+            await queue.put((index, done))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            index, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

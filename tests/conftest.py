@@ -1,0 +1,151 @@
+"""Shared test fixtures: local test models and real `ovllm serve` processes on loopback.
+
+Under CI=true a missing prerequisite fails the test with a message saying what is missing; on a
+developer's machine it skips. Nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def require(condition: bool, what: str) -> None:
+    """Fail (in CI) or skip (elsewhere) when a prerequisite is missing."""
+    if condition:
+        return
+    message = f"missing prerequisite: {what}"
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def require_module(name: str, extra: str) -> None:
+    try:
+        __import__(name)
+    except ImportError as exc:
+        require(False, f"python module {name} ({exc}); install the '{extra}' extra: pip install -e '.[{extra}]'")
+
+
+@pytest.fixture(scope="session")
+def tiny_ov_fp32() -> Path:
+    """The tiny random Qwen2 model as fp32 OpenVINO IR with tokenizers (built once, cached)."""
+    require_module("optimum.intel", "convert")
+    from ovllm_engine import testmodels
+
+    return testmodels.ov_model("tiny", "fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf() -> Path:
+    require_module("transformers", "convert")
+    from ovllm_engine import testmodels
+
+    return testmodels.hf_model("tiny")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A real `ovllm serve` process on 127.0.0.1, with its log kept for assertions and failures."""
+
+    def __init__(self, model: Path, *args: str, env: dict | None = None, log_path: Path):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        command = [sys.executable, "-m", "ovllm_engine.cli", "serve", str(model), "--host", "127.0.0.1",
+                   "--port", str(self.port), *args]
+        self._log = open(log_path, "wb")  # noqa: SIM115 (open for the process's whole life)
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **(env or {})})
+
+    def wait_ready(self, timeout: float = 180.0) -> Server:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"ovllm serve exited with {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.base_url + "/health", timeout=2).status_code == 200:
+                    return self
+            time.sleep(0.2)
+        raise AssertionError(f"ovllm serve not ready after {timeout}s:\n{self.log()}")
+
+    def client(self, **kwargs):
+        import openai
+
+        kwargs.setdefault("api_key", "unused")
+        return openai.OpenAI(base_url=self.base_url + "/v1", max_retries=0, timeout=120, **kwargs)
+
+    def async_client(self, **kwargs):
+        import openai
+
+        kwargs.setdefault("api_key", "unused")
+        return openai.AsyncOpenAI(base_url=self.base_url + "/v1", max_retries=0, timeout=120, **kwargs)
+
+    def engine_pid(self) -> int:
+        """The engine process: the server's child that runs multiprocessing's spawn entry point."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        for pid in children:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            if b"spawn_main" in cmdline:
+                return int(pid)
+        raise AssertionError(f"no engine process among children {children}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """Start servers on demand: start_server(model, *flags, env=...) returns a ready Server."""
+    servers: list[Server] = []
+
+    def start(model: Path, *args: str, env: dict | None = None, ready: bool = True) -> Server:
+        server = Server(model, *args, env=env, log_path=tmp_path / f"server-{len(servers)}.log")
+        servers.append(server)
+        return server.wait_ready() if ready else server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_ov_fp32, tmp_path_factory):
+    """One server on the tiny fp32 model, exact f32 inference, shared by a module's tests."""
+    server = Server(tiny_ov_fp32, "--max-num-batched-tokens", "32", "--ov-config",
+                    '{"INFERENCE_PRECISION_HINT": "f32"}', "--served-model-name", "tiny",
+                    log_path=tmp_path_factory.mktemp("server") / "server.log")
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
