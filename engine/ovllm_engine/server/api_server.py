@@ -171,8 +171,15 @@ class OpenAIServer:
         try:
             body = model.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(p) for p in first["loc"]) or None
+            errors = exc.errors()
+            first, loc = errors[0], errors[0]["loc"]
+            # A union field fails once per member, each loc naming the member ("prompt", "str"):
+            # name only the part of the path those errors share.
+            for other in errors[1:]:
+                if other["loc"][:1] == loc[:1]:
+                    loc = loc[:next((i for i, (a, b) in enumerate(zip(loc, other["loc"])) if a != b),
+                                    min(len(loc), len(other["loc"])))]
+            param = ".".join(str(p) for p in loc) or None
             if first["type"] == "extra_forbidden":
                 raise APIError(400, f"unsupported field '{param}': this engine cannot honour it", param) from None
             raise APIError(400, f"{param}: {first['msg']}" if param else first["msg"], param) from None
@@ -254,6 +261,7 @@ class OpenAIServer:
                 text = text[:cut]
             choices.append(self._choice(index, text, result, chat, body))
         completion_tokens = sum(len(r.token_ids) for r in results)
+        extra = {"prompt_token_ids": prompts[0] if len(prompts) == 1 else prompts} if body.return_token_ids else {}
         return web.json_response({
             "id": response_id,
             "object": "chat.completion" if chat else "text_completion",
@@ -261,6 +269,7 @@ class OpenAIServer:
             "model": self.config.served_model_name,
             "choices": choices,
             "usage": self._usage(prompts, body.n, completion_tokens),
+            **extra,
         })
 
     def _choice(self, index: int, text: str, result, chat: bool, body) -> dict:
@@ -274,9 +283,13 @@ class OpenAIServer:
                 logprobs = {"tokens": tokens, "token_logprobs": result.logprobs, "top_logprobs": None,
                             "text_offset": None}
         if chat:
-            return {"index": index, "message": {"role": "assistant", "content": text},
-                    "logprobs": logprobs, "finish_reason": result.finish_reason}
-        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": result.finish_reason}
+            choice = {"index": index, "message": {"role": "assistant", "content": text},
+                      "logprobs": logprobs, "finish_reason": result.finish_reason}
+        else:
+            choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": result.finish_reason}
+        if body.return_token_ids:
+            choice["token_ids"] = result.token_ids
+        return choice
 
     @staticmethod
     def _usage(prompts, n: int, completion_tokens: int) -> dict:

@@ -126,6 +126,8 @@ class EngineLoop:
             self.added_at.pop(message[1], None)
             if handle is not None:
                 handle.cancel()
+                if not self.handles:  # idle now: report the gauges at once, not an idle interval later
+                    self.conn.send(("out", [], self._stats()))
         elif kind == "stop":
             self.running = False
 
@@ -160,9 +162,12 @@ class EngineLoop:
     def _stats(self) -> dict:
         self._last_stats = time.monotonic()
         metrics = self.pipeline.get_metrics()
+        # The pipeline's counts describe its last step and go stale once it idles (finished and
+        # aborted requests still show), so bound them by the requests this loop still holds.
+        running = min(metrics.scheduled_requests, len(self.handles))
         return {
-            "running": metrics.scheduled_requests,
-            "waiting": max(0, metrics.requests - metrics.scheduled_requests),
+            "running": running,
+            "waiting": max(0, len(self.handles) - running),
             "kv_cache_usage": metrics.cache_usage / 100.0,
         }
 

@@ -43,6 +43,7 @@ class SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None  # for the caller's own tracking; does not change generation
+    return_token_ids: bool = False  # vLLM's extension: the prompt's and each choice's token ids
 
     @field_validator("stop")
     @classmethod
