@@ -142,7 +142,7 @@ def library_versions() -> dict[str, str]:
 def cache_key(recipe: Recipe, kind: str) -> str:
     """A short hash of everything that decides the built files: recipe, artefact kind, versions."""
     material = json.dumps(
-        {"recipe": asdict(recipe), "kind": kind, "versions": library_versions(), "format": 1}, sort_keys=True
+        {"recipe": asdict(recipe), "kind": kind, "versions": library_versions(), "format": 2}, sort_keys=True
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
@@ -174,6 +174,7 @@ def _cached_build(name: str, build) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
         try:
             build(tmp)
+            tmp.chmod(0o755)  # mkdtemp makes it private; a model is for every user of the cache
             tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -246,23 +247,32 @@ def _build_hf(recipe: Recipe, out: Path) -> None:
 
 
 def _build_ir(hf_dir: Path, weight_format: str, out: Path) -> None:
-    from optimum.exporters.openvino import main_export
-    from optimum.intel import OVConfig, OVWeightQuantizationConfig
+    """Export with optimum-intel (fp32, with tokenizers), then compress weights with NNCF for int8.
 
-    if weight_format == "fp32":
-        ov_config = OVConfig(dtype="fp32")
-    elif weight_format == "int8":
-        ov_config = OVConfig(quantization_config=OVWeightQuantizationConfig(bits=8, sym=False))
-    else:
-        raise ValueError(f"weight format {weight_format!r}: test models come in {', '.join(WEIGHT_FORMATS)}")
+    main_export alone leaves a small model uncompressed whatever its ov_config says (its weight
+    compression runs from optimum-cli's separate quantize step), so int8 is applied here directly.
+    """
+    from optimum.exporters.openvino import main_export
+    from optimum.intel import OVConfig
+
     main_export(
         model_name_or_path=str(hf_dir),
         output=out,
         task="text-generation-with-past",
-        ov_config=ov_config,
+        ov_config=OVConfig(dtype="fp32"),
         convert_tokenizer=True,
         local_files_only=True,
     )
+    if weight_format == "int8":
+        import nncf
+        import openvino as ov
+
+        xml = out / "openvino_model.xml"
+        model = nncf.compress_weights(ov.Core().read_model(xml), mode=nncf.CompressWeightsMode.INT8_ASYM)
+        ov.save_model(model, out / "compressed.xml", compress_to_fp16=False)
+        del model
+        (out / "compressed.xml").replace(xml)
+        (out / "compressed.bin").replace(out / "openvino_model.bin")
     for name in ("openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml"):
         if not (out / name).is_file():
             raise RuntimeError(f"export of {hf_dir} to {weight_format} produced no {name}")

@@ -1,0 +1,62 @@
+"""The environment contract of vLLM's OpenVINO backend, parsed without OpenVINO installed."""
+
+from __future__ import annotations
+
+import pytest
+
+from ovllm_engine.config import ConfigError, EngineConfig, parse_env, parse_ov_config
+
+
+def test_defaults():
+    settings = parse_env({})
+    assert settings.kv_cache_space_gb == 4.0
+    assert settings.kv_cache_precision is None and settings.quantized_weights is None
+    assert settings.inference_threads is None
+
+
+def test_values_are_read():
+    settings = parse_env({"VLLM_OPENVINO_KVCACHE_SPACE": "12.5", "VLLM_OPENVINO_CPU_KV_CACHE_PRECISION": "U8",
+                          "VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS": "ON", "OVLLM_INFERENCE_THREADS": "6"})
+    assert (settings.kv_cache_space_gb, settings.kv_cache_precision, settings.quantized_weights,
+            settings.inference_threads) == (12.5, "u8", True, 6)
+    assert parse_env({"VLLM_OPENVINO_KV_CACHE_PRECISION": "bf16"}).kv_cache_precision == "bf16"
+    for off in ("OFF", "0", "false"):
+        assert parse_env({"VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS": off}).quantized_weights is False
+
+
+def test_zero_space_means_four_with_a_warning(caplog):
+    assert parse_env({"VLLM_OPENVINO_KVCACHE_SPACE": "0"}).kv_cache_space_gb == 4.0
+    assert "VLLM_OPENVINO_KVCACHE_SPACE=0" in caplog.text
+
+
+@pytest.mark.parametrize("name,value,accepted", [
+    ("VLLM_OPENVINO_KVCACHE_SPACE", "-1", ">= 0"),
+    ("VLLM_OPENVINO_KVCACHE_SPACE", "lots", "number"),
+    ("VLLM_OPENVINO_KVCACHE_SPACE", "nan", ">= 0"),
+    ("VLLM_OPENVINO_CPU_KV_CACHE_PRECISION", "fp8", "u8, f16, bf16, f32"),
+    ("VLLM_OPENVINO_KV_CACHE_PRECISION", "int4", "u8, f16, bf16, f32"),
+    ("VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS", "maybe", "ON, OFF"),
+    ("OVLLM_INFERENCE_THREADS", "-2", ">= 0"),
+])
+def test_wrong_values_name_variable_value_and_accepted(name, value, accepted):
+    with pytest.raises(ConfigError) as error:
+        parse_env({name: value})
+    message = str(error.value)
+    assert name in message and repr(value) in message and accepted in message
+    assert "\n" not in message
+
+
+def test_precision_names_must_agree():
+    with pytest.raises(ConfigError):
+        parse_env({"VLLM_OPENVINO_CPU_KV_CACHE_PRECISION": "u8", "VLLM_OPENVINO_KV_CACHE_PRECISION": "f16"})
+
+
+def test_ov_properties_layering():
+    config = EngineConfig(model_dir="/m", served_model_name="m", max_model_len=16, kv_cache_precision="u8",
+                          inference_threads=4, ov_config=parse_ov_config('{"INFERENCE_PRECISION_HINT": "f32"}'))
+    assert config.ov_properties() == {"KV_CACHE_PRECISION": "u8", "INFERENCE_NUM_THREADS": 4,
+                                      "INFERENCE_PRECISION_HINT": "f32"}
+    with pytest.raises(ConfigError, match="not JSON"):
+        parse_ov_config("{bad")
+    with pytest.raises(ConfigError, match="JSON object"):
+        parse_ov_config("[1]")
