@@ -177,7 +177,7 @@ class OpenAIServer:
             # name only the part of the path those errors share.
             for other in errors[1:]:
                 if other["loc"][:1] == loc[:1]:
-                    loc = loc[:next((i for i, (a, b) in enumerate(zip(loc, other["loc"])) if a != b),
+                    loc = loc[:next((i for i, (a, b) in enumerate(zip(loc, other["loc"], strict=False)) if a != b),
                                     min(len(loc), len(other["loc"])))]
             param = ".".join(str(p) for p in loc) or None
             if first["type"] == "extra_forbidden":

@@ -94,15 +94,6 @@ async def generate(
             metrics.finished("abort", len(prompt_ids), generated, time.monotonic() - arrival)
 
 
-async def collect(chunks: AsyncIterator[Chunk]) -> SequenceResult:
-    result = SequenceResult()
-    async for chunk in chunks:
-        result.token_ids.extend(chunk.token_ids)
-        result.logprobs.extend(chunk.logprobs or [])
-        result.finish_reason = chunk.finish_reason or result.finish_reason
-    return result
-
-
 async def merge(streams: list[AsyncIterator[Chunk]]) -> AsyncIterator[tuple[int, Chunk]]:
     """Interleave several sequences' chunks as they come, tagged with each sequence's index."""
     if len(streams) == 1:
