@@ -105,7 +105,7 @@ class OpenAIServer:
                 raise
             return error_response(exc.status, exc.reason or HTTPStatus(exc.status).phrase)
         except EngineDead:
-            return error_response(503, "the engine process died; the server is restarting", code="engine_dead")
+            return error_response(503, "the engine process died; this server exits to be restarted", code="engine_dead")
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
             return error_response(500, "internal server error")
