@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -66,11 +67,12 @@ def test_distribution_metadata():
 def test_cli_version_and_help():
     from ovllm_engine import __version__
 
-    version = subprocess.run(["ovllm", "--version"], capture_output=True, text=True, check=True)
+    ovllm = str(Path(sys.executable).parent / "ovllm")  # the console script the install made
+    version = subprocess.run([ovllm, "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.strip() == f"ovllm {__version__}" and __version__ == PYPROJECT["project"]["version"]
-    help_text = subprocess.run(["ovllm", "--help"], capture_output=True, text=True, check=True).stdout
+    help_text = subprocess.run([ovllm, "--help"], capture_output=True, text=True, check=True).stdout
     assert "serve" in help_text and "testmodel" in help_text
-    no_command = subprocess.run(["ovllm"], capture_output=True, text=True)
+    no_command = subprocess.run([ovllm], capture_output=True, text=True)
     assert no_command.returncode == 2 and "usage: ovllm" in no_command.stdout
 
 
