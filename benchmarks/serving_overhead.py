@@ -1,8 +1,9 @@
 """Served output throughput against the same ContinuousBatchingPipeline driven in one process.
 
-Both sides get the same prompts (random token ids), the same settings and `ignore_eos`, so both
-produce exactly num_prompts x output_len tokens; the ratio is the cost of the HTTP server, the
-process boundary and detokenization. Run on an idle machine:
+Each side gets prompts of the same shape (random token ids, a fresh set per measurement so that the
+prefix cache cannot serve one run from another's prompts), the same settings and `ignore_eos`, so
+each produces exactly num_prompts x output_len tokens after a short warm-up; the ratio is the cost
+of the HTTP server, the process boundary and detokenization. Run on an idle machine:
 
     python benchmarks/serving_overhead.py --model qwen2.5-0.5b --weight-format int8 --kv-precision u8
 """
@@ -11,49 +12,81 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
 
-def in_process(model_dir: str, prompts: list[list[int]], output_len: int, batched: int, kv: str) -> float:
-    import numpy as np
-    import openvino as ov
-    import openvino_genai as ov_genai
-
-    scheduler = ov_genai.SchedulerConfig()
-    scheduler.cache_size = 4
-    scheduler.max_num_batched_tokens = batched
-    scheduler.enable_prefix_caching = True
-    scheduler.dynamic_split_fuse = True
-    pipe = ov_genai.ContinuousBatchingPipeline(model_dir, scheduler, "CPU", {"KV_CACHE_PRECISION": kv})
-    config = ov_genai.GenerationConfig()
-    config.max_new_tokens = output_len
-    config.ignore_eos = True
-    started = time.perf_counter()
-    handles = [pipe.add_request(i, ov.Tensor(np.array([p], dtype=np.int64)), config) for i, p in enumerate(prompts)]
-    produced = 0
-    while pipe.has_non_finished_requests():
-        pipe.step()
-        for handle in handles:
-            while handle.can_read():
-                produced += sum(len(o.generated_ids) for o in handle.read().values())
-    elapsed = time.perf_counter() - started
-    assert produced == len(prompts) * output_len, produced
-    return produced / elapsed
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of one process (not its children), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def served(base_url: str, prompts: list[list[int]], output_len: int) -> float:
-    async with httpx.AsyncClient(base_url=base_url, timeout=3600) as client:
+def random_prompts(count: int, length: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(151643) for _ in range(length)] for _ in range(count)]
+
+
+class InProcess:
+    """The ContinuousBatchingPipeline driven directly: add every request, then step until done."""
+
+    def __init__(self, model_dir: str, batched: int, kv: str):
+        import openvino_genai as ov_genai
+
+        scheduler = ov_genai.SchedulerConfig()
+        scheduler.cache_size = 4
+        scheduler.max_num_batched_tokens = batched
+        scheduler.enable_prefix_caching = True
+        scheduler.dynamic_split_fuse = True
+        self.genai = ov_genai
+        self.pipe = ov_genai.ContinuousBatchingPipeline(model_dir, scheduler, "CPU", {"KV_CACHE_PRECISION": kv})
+
+    def run(self, batch: list[list[int]], new_tokens: int) -> float:
+        import numpy as np
+        import openvino as ov
+
+        config = self.genai.GenerationConfig()
+        config.max_new_tokens = new_tokens
+        config.ignore_eos = True
+        started = time.perf_counter()
+        handles = [self.pipe.add_request(i, ov.Tensor(np.array([p], dtype=np.int64)), config)
+                   for i, p in enumerate(batch)]
+        produced = 0
+        while self.pipe.has_non_finished_requests():
+            self.pipe.step()
+            for handle in handles:
+                while handle.can_read():
+                    produced += sum(len(o.generated_ids) for o in handle.read().values())
+        elapsed = time.perf_counter() - started
+        assert produced == len(batch) * new_tokens, produced
+        return produced / elapsed
+
+
+async def served(base_url: str, prompts: list[list[int]], output_len: int, stream: bool = False) -> float:
+    limits = httpx.Limits(max_connections=len(prompts))
+    async with httpx.AsyncClient(base_url=base_url, timeout=3600, limits=limits) as client:
         async def one(prompt):
-            response = await client.post("/v1/completions", json={
-                "prompt": prompt, "max_tokens": output_len, "temperature": 0, "ignore_eos": True})
-            response.raise_for_status()
-            return response.json()["usage"]["completion_tokens"]
+            body = {"prompt": prompt, "max_tokens": output_len, "temperature": 0, "ignore_eos": True}
+            if not stream:
+                response = await client.post("/v1/completions", json=body)
+                response.raise_for_status()
+                return response.json()["usage"]["completion_tokens"]
+            body.update(stream=True, stream_options={"include_usage": True})
+            async with client.stream("POST", "/v1/completions", json=body) as response:
+                response.raise_for_status()
+                usage = None
+                async for line in response.aiter_lines():
+                    if line.startswith("data: {") and '"usage"' in line:
+                        usage = json.loads(line[6:])["usage"]["completion_tokens"]
+                return usage
 
         started = time.perf_counter()
         produced = sum(await asyncio.gather(*(one(p) for p in prompts)))
@@ -72,37 +105,53 @@ def main() -> int:
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--max-num-batched-tokens", type=int, default=256)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     from ovllm_engine import testmodels
 
     model_dir = str(testmodels.ov_model(args.model, args.weight_format))
-    rng = random.Random(0)
-    prompts = [[rng.randrange(151643) for _ in range(args.input_len)] for _ in range(args.num_prompts)]
-
-    direct = in_process(model_dir, prompts, args.output_len, args.max_num_batched_tokens, args.kv_precision)
-    print(f"in-process pipeline: {direct:.1f} output tokens/s", flush=True)
-
+    direct = InProcess(model_dir, args.max_num_batched_tokens, args.kv_precision)
     env = {**os.environ, "VLLM_OPENVINO_CPU_KV_CACHE_PRECISION": args.kv_precision}
-    server = subprocess.Popen([sys.executable, "-m", "ovllm_engine.cli", "serve", model_dir, "--host", "127.0.0.1",
-                               "--port", str(args.port), "--max-num-batched-tokens", str(args.max_num_batched_tokens)],
-                              env=env)
+    server = subprocess.Popen([sys.executable, "-m", "ovllm_engine.cli", "--log-level", "WARNING", "serve", model_dir,
+                               "--host", "127.0.0.1", "--port", str(args.port),
+                               "--max-num-batched-tokens", str(args.max_num_batched_tokens)], env=env)
+    base = f"http://127.0.0.1:{args.port}"
+    results: dict[str, list[float]] = {"in-process": [], "served": [], "served, streamed": []}
+    seeds = iter(range(1000))
+
+    def prompts(count: int = args.num_prompts) -> list[list[int]]:
+        return random_prompts(count, args.input_len, next(seeds))
+
     try:
-        base = f"http://127.0.0.1:{args.port}"
         for _ in range(600):
+            assert server.poll() is None, "ovllm serve exited"
             try:
                 if httpx.get(base + "/health").status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        asyncio.run(served(base, prompts[:2], 4))  # warm-up
-        over_http = asyncio.run(served(base, prompts, args.output_len))
+        direct.run(prompts(2), 4)  # warm-up of both sides
+        asyncio.run(served(base, prompts(2), 4))
+        cpu_before = cpu_seconds(server.pid)
+        # Interleaved rounds: the machine's noise falls on both sides alike.
+        for round_number in range(args.rounds):
+            results["in-process"].append(direct.run(prompts(), args.output_len))
+            results["served"].append(asyncio.run(served(base, prompts(), args.output_len)))
+            results["served, streamed"].append(asyncio.run(served(base, prompts(), args.output_len, stream=True)))
+            print(f"round {round_number + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in results.items()),
+                  flush=True)
+        http_cpu = cpu_seconds(server.pid) - cpu_before
     finally:
         server.terminate()
         server.wait(60)
-    print(f"served (ovllm serve): {over_http:.1f} output tokens/s", flush=True)
-    print(f"ratio served / in-process: {over_http / direct:.3f}")
+    ceiling = statistics.median(results["in-process"])
+    for name, values in results.items():
+        median = statistics.median(values)
+        print(f"{name}: median {median:.1f} output tokens/s (runs {', '.join(f'{v:.1f}' for v in values)}), "
+              f"ratio to in-process {median / ceiling:.3f}")
+    print(f"server process (HTTP side) CPU time over all served runs: {http_cpu:.1f}s")
     return 0
 
 

@@ -160,3 +160,36 @@ def test_models_health_version(tiny_server):
     from ovllm_engine import __version__
 
     assert httpx.get(tiny_server.base_url + "/version").json() == {"version": __version__}
+
+
+def test_batch_of_prompts_times_n(tiny_server):
+    """A list of prompts with n choices each: choice index = prompt index * n + j, usage over all."""
+    client = tiny_server.client()
+    prompts = ["Hello world", "東京の天気は"]
+    response = client.completions.create(model="tiny", prompt=prompts, n=2, max_tokens=6, temperature=0,
+                                         extra_body={"ignore_eos": True})
+    assert [c.index for c in response.choices] == [0, 1, 2, 3]
+    singles = [client.completions.create(model="tiny", prompt=p, max_tokens=6, temperature=0,
+                                         extra_body={"ignore_eos": True}) for p in prompts]
+    # greedy: both choices of a prompt equal that prompt's single completion
+    assert [c.text for c in response.choices] == [s.choices[0].text for s in singles for _ in range(2)]
+    assert response.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles)
+    assert response.usage.completion_tokens == 4 * 6
+
+
+def test_chat_content_parts_and_developer_role(tiny_server):
+    """Text content parts equal plain content, and `developer` is the system turn of the template."""
+    client = tiny_server.client()
+
+    def ask(messages):
+        return client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, temperature=0,
+                                              extra_body={"ignore_eos": True, "return_token_ids": True})
+
+    plain = ask([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}])
+    parts = ask([{"role": "developer", "content": "Be brief."},
+                 {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]}])
+    assert parts.choices[0].token_ids == plain.choices[0].token_ids
+    assert parts.usage.prompt_tokens == plain.usage.prompt_tokens
+    image = httpx.post(tiny_server.base_url + "/v1/chat/completions", json={"model": "tiny", "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]})
+    assert image.status_code == 400 and image.json()["error"]["param"].startswith("messages")
