@@ -193,3 +193,15 @@ def test_chat_content_parts_and_developer_role(tiny_server):
     image = httpx.post(tiny_server.base_url + "/v1/chat/completions", json={"model": "tiny", "messages": [
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]})
     assert image.status_code == 400 and image.json()["error"]["param"].startswith("messages")
+
+
+def test_streamed_logprobs_cover_every_token(tiny_server):
+    """Tokens held back (half a character) still get their logprobs, with the text they complete."""
+    client = tiny_server.client()
+    args = dict(model="tiny", messages=[{"role": "user", "content": "東京の天気は"}], max_tokens=40, temperature=0,
+                logprobs=True, extra_body={"ignore_eos": True})
+    full = client.chat.completions.create(**args)
+    streamed = [entry.logprob for chunk in client.chat.completions.create(stream=True, **args)
+                if chunk.choices and chunk.choices[0].logprobs for entry in chunk.choices[0].logprobs.content]
+    assert len(streamed) == 40
+    assert streamed == pytest.approx([entry.logprob for entry in full.choices[0].logprobs.content], abs=1e-4)

@@ -278,15 +278,7 @@ class OpenAIServer:
         })
 
     def _choice(self, index: int, text: str, result, chat: bool, body) -> dict:
-        logprobs = None
-        if body.logprobs is not None and body.logprobs is not False:
-            tokens = [self.tokenizer.decode([t]) for t in result.token_ids]
-            if chat:
-                logprobs = {"content": [{"token": tok, "logprob": lp, "bytes": list(tok.encode()), "top_logprobs": []}
-                                        for tok, lp in zip(tokens, result.logprobs, strict=False)]}
-            else:
-                logprobs = {"tokens": tokens, "token_logprobs": result.logprobs, "top_logprobs": None,
-                            "text_offset": None}
+        logprobs = self._logprobs(result.token_ids, result.logprobs, chat, body)
         if chat:
             choice = {"index": index, "message": {"role": "assistant", "content": text},
                       "logprobs": logprobs, "finish_reason": result.finish_reason}
@@ -319,13 +311,18 @@ class OpenAIServer:
             await send(event([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                "finish_reason": None} for i in range(len(streams))]))
         completion_tokens = 0
+        held: dict[int, tuple[list[int], list[float]]] = {}  # per choice: tokens not yet sent as text
         try:
             async with contextlib.aclosing(generation.merge(streams)) as chunks:
                 async for index, chunk in chunks:
                     completion_tokens += len(chunk.token_ids)
+                    held_ids, held_logprobs = held.setdefault(index, ([], []))
+                    held_ids.extend(chunk.token_ids)
+                    held_logprobs.extend(chunk.logprobs or [])
                     if not chunk.text and not chunk.finish_reason:
                         continue  # tokens that end mid-character or may begin a stop string: wait for more
-                    choice = {"index": index, "logprobs": self._stream_logprobs(chunk, chat, body),
+                    del held[index]  # their logprobs go out with the text they completed
+                    choice = {"index": index, "logprobs": self._logprobs(held_ids, held_logprobs, chat, body),
                               "finish_reason": chunk.finish_reason}
                     if chat:
                         choice["delta"] = {"content": chunk.text} if chunk.text else {}
@@ -343,14 +340,16 @@ class OpenAIServer:
         await response.write_eof()
         return response
 
-    def _stream_logprobs(self, chunk, chat: bool, body) -> dict | None:
-        if body.logprobs is None or body.logprobs is False or not chunk.logprobs:
+    def _logprobs(self, token_ids: list[int], logprobs: list[float] | None, chat: bool, body) -> dict | None:
+        """The sampled tokens' logprobs in the chat or the completions shape (no alternatives: the
+        pipeline reports only the sampled token's)."""
+        if body.logprobs is None or body.logprobs is False or not logprobs:
             return None
-        tokens = [self.tokenizer.decode([t]) for t in chunk.token_ids]
+        tokens = [self.tokenizer.decode([t]) for t in token_ids]
         if chat:
             return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
-                                for t, lp in zip(tokens, chunk.logprobs, strict=False)]}
-        return {"tokens": tokens, "token_logprobs": chunk.logprobs, "top_logprobs": None, "text_offset": None}
+                                for t, lp in zip(tokens, logprobs, strict=True)]}
+        return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": None, "text_offset": None}
 
 
 def make_server(config: EngineConfig, engine: EngineClient, metrics: EngineMetrics, api_key: str | None,
