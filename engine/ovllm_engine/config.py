@@ -24,7 +24,7 @@ INFERENCE_THREADS = "OVLLM_INFERENCE_THREADS"
 API_KEY = "VLLM_API_KEY"
 
 KV_PRECISIONS = ("u8", "f16", "bf16", "f32")
-DEFAULT_KVCACHE_SPACE_GB = 4.0
+DEFAULT_KVCACHE_SPACE_GB = 4
 _TRUE = ("on", "1", "true", "yes")
 _FALSE = ("off", "0", "false", "no")
 
@@ -37,7 +37,7 @@ class ConfigError(ValueError):
 class EnvSettings:
     """What the VLLM_OPENVINO_* environment contract asks for."""
 
-    kv_cache_space_gb: float = DEFAULT_KVCACHE_SPACE_GB
+    kv_cache_space_gb: int = DEFAULT_KVCACHE_SPACE_GB
     kv_cache_precision: str | None = None  # None: the plugin's default for this CPU
     quantized_weights: bool | None = None  # None: not set
     inference_threads: int | None = None  # None: OpenVINO's default (every core the process may use)
@@ -49,14 +49,15 @@ def parse_env(environ: Mapping[str, str] | None = None) -> EnvSettings:
     space = DEFAULT_KVCACHE_SPACE_GB
     raw = env.get(KVCACHE_SPACE, "").strip()
     if raw:
+        # Whole GB, as in vLLM's OpenVINO backend; GenAI's cache_size takes whole GB too.
         try:
-            space = float(raw)
+            space = int(raw)
         except ValueError:
             raise ConfigError(
-                f"{KVCACHE_SPACE}={raw!r} is not a number: give the KV cache size in GB, e.g. 8"
+                f"{KVCACHE_SPACE}={raw!r} is not a whole number: give the KV cache size in GB, e.g. 8"
             ) from None
-        if space < 0 or space != space or space == float("inf"):
-            raise ConfigError(f"{KVCACHE_SPACE}={raw!r} must be a finite number >= 0 (GB of KV cache; 0 means 4)")
+        if space < 0:
+            raise ConfigError(f"{KVCACHE_SPACE}={raw!r} must be a whole number >= 0 (GB of KV cache; 0 means 4)")
         if space == 0:
             log.warning("%s=0: using the default of %g GB of KV cache", KVCACHE_SPACE, DEFAULT_KVCACHE_SPACE_GB)
             space = DEFAULT_KVCACHE_SPACE_GB
@@ -106,7 +107,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 256
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
-    kv_cache_space_gb: float = DEFAULT_KVCACHE_SPACE_GB
+    kv_cache_space_gb: int = DEFAULT_KVCACHE_SPACE_GB
     kv_cache_precision: str | None = None
     inference_threads: int | None = None
     ov_config: dict = field(default_factory=dict)
@@ -174,6 +175,6 @@ def check_kv_space(config: EngineConfig) -> None:
     have = config.kv_cache_space_gb * 1024**3
     if needed > have:
         raise ConfigError(
-            f"{KVCACHE_SPACE}={config.kv_cache_space_gb:g} GB holds {int(have // per_token)} tokens of KV cache, "
+            f"{KVCACHE_SPACE}={config.kv_cache_space_gb} GB holds {int(have // per_token)} tokens of KV cache, "
             f"fewer than --max-model-len {config.max_model_len}: raise the space or lower --max-model-len"
         )

@@ -9,30 +9,31 @@ from ovllm_engine.config import ConfigError, EngineConfig, parse_env, parse_ov_c
 
 def test_defaults():
     settings = parse_env({})
-    assert settings.kv_cache_space_gb == 4.0
+    assert settings.kv_cache_space_gb == 4
     assert settings.kv_cache_precision is None and settings.quantized_weights is None
     assert settings.inference_threads is None
 
 
 def test_values_are_read():
-    settings = parse_env({"VLLM_OPENVINO_KVCACHE_SPACE": "12.5", "VLLM_OPENVINO_CPU_KV_CACHE_PRECISION": "U8",
+    settings = parse_env({"VLLM_OPENVINO_KVCACHE_SPACE": "12", "VLLM_OPENVINO_CPU_KV_CACHE_PRECISION": "U8",
                           "VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS": "ON", "OVLLM_INFERENCE_THREADS": "6"})
     assert (settings.kv_cache_space_gb, settings.kv_cache_precision, settings.quantized_weights,
-            settings.inference_threads) == (12.5, "u8", True, 6)
+            settings.inference_threads) == (12, "u8", True, 6)
     assert parse_env({"VLLM_OPENVINO_KV_CACHE_PRECISION": "bf16"}).kv_cache_precision == "bf16"
     for off in ("OFF", "0", "false"):
         assert parse_env({"VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS": off}).quantized_weights is False
 
 
 def test_zero_space_means_four_with_a_warning(caplog):
-    assert parse_env({"VLLM_OPENVINO_KVCACHE_SPACE": "0"}).kv_cache_space_gb == 4.0
+    assert parse_env({"VLLM_OPENVINO_KVCACHE_SPACE": "0"}).kv_cache_space_gb == 4
     assert "VLLM_OPENVINO_KVCACHE_SPACE=0" in caplog.text
 
 
 @pytest.mark.parametrize("name,value,accepted", [
     ("VLLM_OPENVINO_KVCACHE_SPACE", "-1", ">= 0"),
-    ("VLLM_OPENVINO_KVCACHE_SPACE", "lots", "number"),
-    ("VLLM_OPENVINO_KVCACHE_SPACE", "nan", ">= 0"),
+    ("VLLM_OPENVINO_KVCACHE_SPACE", "lots", "whole number"),
+    ("VLLM_OPENVINO_KVCACHE_SPACE", "2.5", "whole number"),
+    ("VLLM_OPENVINO_KVCACHE_SPACE", "nan", "whole number"),
     ("VLLM_OPENVINO_CPU_KV_CACHE_PRECISION", "fp8", "u8, f16, bf16, f32"),
     ("VLLM_OPENVINO_KV_CACHE_PRECISION", "int4", "u8, f16, bf16, f32"),
     ("VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS", "maybe", "ON, OFF"),
@@ -60,3 +61,23 @@ def test_ov_properties_layering():
         parse_ov_config("{bad")
     with pytest.raises(ConfigError, match="JSON object"):
         parse_ov_config("[1]")
+
+
+def test_kv_space_must_hold_one_full_length_sequence(tmp_path):
+    """As vLLM's OpenVINO backend: refuse to start when max_model_len tokens do not fit the KV cache."""
+    import json
+
+    from ovllm_engine.config import check_kv_space
+
+    # 80 layers x 2 x 8 KV heads x 128 dims x 2 bytes = 320 KiB a token: 1 GB holds 3276 tokens
+    (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 80, "num_attention_heads": 64,
+                                                      "num_key_value_heads": 8, "hidden_size": 8192}))
+    fits = EngineConfig(model_dir=str(tmp_path), served_model_name="m", max_model_len=3276, kv_cache_space_gb=1,
+                        kv_cache_precision="f16")
+    check_kv_space(fits)
+    too_long = EngineConfig(model_dir=str(tmp_path), served_model_name="m", max_model_len=3277, kv_cache_space_gb=1,
+                            kv_cache_precision="f16")
+    with pytest.raises(ConfigError, match="holds 3276 tokens.*--max-model-len 3277"):
+        check_kv_space(too_long)
+    too_long.kv_cache_precision = "u8"  # half the bytes a token
+    check_kv_space(too_long)

@@ -33,7 +33,7 @@ def build_pipeline(config: EngineConfig):
     import openvino_genai as ov_genai
 
     scheduler = ov_genai.SchedulerConfig()
-    scheduler.cache_size = max(1, round(config.kv_cache_space_gb))
+    scheduler.cache_size = config.kv_cache_space_gb
     scheduler.max_num_batched_tokens = config.max_num_batched_tokens
     scheduler.max_num_seqs = config.max_num_seqs
     scheduler.enable_prefix_caching = config.enable_prefix_caching
