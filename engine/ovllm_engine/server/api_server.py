@@ -15,7 +15,6 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Callable
 from http import HTTPStatus
 
 from aiohttp import web
@@ -157,7 +156,7 @@ class OpenAIServer:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._parse(request, CompletionRequest)
         prompts = [self._prompt_ids(p) for p in body.prompts()]
-        return await self._serve(request, body, prompts, logprobs=body.logprobs is not None, chat=False)
+        return await self._serve(request, body, prompts, chat=False)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._parse(request, ChatCompletionRequest)
@@ -168,7 +167,7 @@ class OpenAIServer:
         except Exception as exc:
             raise APIError(400, f"the chat template could not render these messages: {exc}", "messages") from None
         prompt = self.tokenizer.encode(text, add_special_tokens=False)  # the template wrote them already
-        return await self._serve(request, body, [prompt], logprobs=body.logprobs, chat=True)
+        return await self._serve(request, body, [prompt], chat=True)
 
     async def _parse(self, request: web.Request, model: type[BaseModel]):
         if self.draining:
@@ -221,22 +220,22 @@ class OpenAIServer:
                                 f"maximum length of {limit} tokens", "max_tokens", "context_length_exceeded")
         return requested
 
-    def _sequences(self, body: SamplingFields, prompts: list[list[int]], logprobs: bool, arrival: float):
+    def _sequences(self, body: SamplingFields, prompts: list[list[int]], arrival: float):
         """One generator per choice: each prompt n times, choice index = prompt index * n + j."""
         streams = []
         budgets = [self._budget(body, p) for p in prompts]
         for prompt, budget in zip(prompts, budgets, strict=True):
             for j in range(body.n):
-                sampling = body.sampling(budget, logprobs)
+                sampling = body.sampling(budget)
                 if sampling["seed"] is not None:
                     sampling["seed"] += j  # n choices from one seed: reproducible, yet different
                 streams.append(generation.generate(self.engine, self.metrics, self.tokenizer.decode, prompt,
                                                    sampling, body.stop, arrival, want_text=body.stream))
         return streams
 
-    async def _serve(self, request, body: SamplingFields, prompts, logprobs: bool, chat: bool):
+    async def _serve(self, request, body: SamplingFields, prompts, chat: bool):
         arrival = time.monotonic()
-        streams = self._sequences(body, prompts, logprobs, arrival)
+        streams = self._sequences(body, prompts, arrival)
         prefix = "chatcmpl" if chat else "cmpl"
         response_id = f"{prefix}-{uuid.uuid4().hex}"
         self.active_requests += 1
@@ -343,7 +342,7 @@ class OpenAIServer:
     def _logprobs(self, token_ids: list[int], logprobs: list[float] | None, chat: bool, body) -> dict | None:
         """The sampled tokens' logprobs in the chat or the completions shape (no alternatives: the
         pipeline reports only the sampled token's)."""
-        if body.logprobs is None or body.logprobs is False or not logprobs:
+        if not body.wants_logprobs() or not logprobs:
             return None
         tokens = [self.tokenizer.decode([t]) for t in token_ids]
         if chat:
@@ -352,6 +351,6 @@ class OpenAIServer:
         return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": None, "text_offset": None}
 
 
-def make_server(config: EngineConfig, engine: EngineClient, metrics: EngineMetrics, api_key: str | None,
-                tokenizer_factory: Callable[[str], Tokenizer] = Tokenizer) -> OpenAIServer:
-    return OpenAIServer(config, engine, metrics, tokenizer_factory(config.model_dir), api_key)
+def make_server(config: EngineConfig, engine: EngineClient, metrics: EngineMetrics,
+                api_key: str | None) -> OpenAIServer:
+    return OpenAIServer(config, engine, metrics, Tokenizer(config.model_dir), api_key)

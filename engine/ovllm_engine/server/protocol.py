@@ -63,7 +63,10 @@ class SamplingFields(BaseModel):
             problems.append(("stream_options", "stream_options is only allowed when stream is true"))
         return problems
 
-    def sampling(self, max_new_tokens: int, logprobs: bool) -> dict[str, Any]:
+    def wants_logprobs(self) -> bool:
+        return False
+
+    def sampling(self, max_new_tokens: int) -> dict[str, Any]:
         """Sampling parameters for the engine process (a plain dict: it crosses a process boundary)."""
         temperature = 1.0 if self.temperature is None else self.temperature
         return {
@@ -79,7 +82,7 @@ class SamplingFields(BaseModel):
             "frequency_penalty": self.frequency_penalty or 0.0,
             "repetition_penalty": self.repetition_penalty or 1.0,
             "ignore_eos": self.ignore_eos,
-            "logprobs": logprobs,
+            "logprobs": self.wants_logprobs(),
         }
 
 
@@ -110,6 +113,9 @@ class CompletionRequest(SamplingFields):
         if self.suffix:
             problems.append(("suffix", "suffix (fill-in-the-middle) is not supported"))
         return problems
+
+    def wants_logprobs(self) -> bool:
+        return self.logprobs is not None  # 0 asks for the sampled tokens' logprobs alone
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts of this request: one text or token list each."""
@@ -166,6 +172,9 @@ class ChatCompletionRequest(SamplingFields):
         if self.store:
             problems.append(("store", "stored completions are not supported"))
         return problems
+
+    def wants_logprobs(self) -> bool:
+        return self.logprobs
 
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
