@@ -64,11 +64,12 @@ def free_port() -> int:
 class Server:
     """A real `ovllm serve` process on 127.0.0.1, with its log kept for assertions and failures."""
 
-    def __init__(self, model: Path, *args: str, env: dict | None = None, log_path: Path):
+    def __init__(self, model: Path | str, *args: str, env: dict | None = None, log_path: Path,
+                 python: str = sys.executable):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        command = [sys.executable, "-m", "ovllm_engine.cli", "serve", str(model), "--host", "127.0.0.1",
+        command = [python, "-m", "ovllm_engine.cli", "serve", str(model), "--host", "127.0.0.1",
                    "--port", str(self.port), *args]
         self._log = open(log_path, "wb")  # noqa: SIM115 (open for the process's whole life)
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
@@ -129,8 +130,9 @@ def start_server(tmp_path):
     """Start servers on demand: start_server(model, *flags, env=...) returns a ready Server."""
     servers: list[Server] = []
 
-    def start(model: Path, *args: str, env: dict | None = None, ready: bool = True) -> Server:
-        server = Server(model, *args, env=env, log_path=tmp_path / f"server-{len(servers)}.log")
+    def start(model: Path | str, *args: str, env: dict | None = None, ready: bool = True,
+              python: str = sys.executable) -> Server:
+        server = Server(model, *args, env=env, log_path=tmp_path / f"server-{len(servers)}.log", python=python)
         servers.append(server)
         return server.wait_ready() if ready else server
 

@@ -12,6 +12,7 @@ from ovllm_engine import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     from ovllm_engine import testmodels
+    from ovllm_engine.onboard import cli as convert_cli
     from ovllm_engine.server import args as serve_args
 
     parser = argparse.ArgumentParser(
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve_args.add_parser(subparsers)
+    convert_cli.add_parser(subparsers)
     testmodels.add_parser(subparsers)
     return parser
 
@@ -32,10 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    setup_logging(args.log_level)
     return args.func(args) or 0
+
+
+def setup_logging(level: str | int) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # huggingface_hub's HTTP client logs every request at INFO: a download of 200 files would bury
+    # the progress lines. Kept with --log-level DEBUG.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,16 @@ model needs nothing but the file system.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
 import importlib.metadata
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from ovllm_engine.onboard.store import publish_once
 
 log = logging.getLogger(__name__)
 
@@ -147,37 +145,11 @@ def cache_key(recipe: Recipe, kind: str) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """An exclusive lock, so that concurrent builders (pytest workers, replicas) build once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _cached_build(name: str, build) -> Path:
-    """Return cache_root()/name, building it with build(tmp_dir) first if absent.
-
-    The build writes to a temporary sibling directory that is renamed into place only when it
-    finished, so an interrupted build never leaves something that looks like a model.
-    """
+    """Return cache_root()/test-models/name, building it with build(tmp_dir) first if absent (once
+    across processes, published atomically: see store.publish_once)."""
     target = cache_root() / "test-models" / name
-    if target.is_dir():
-        return target
-    with _file_lock(target.with_name(name + ".lock")):
-        if target.is_dir():  # another process built it while we waited for the lock
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-        try:
-            build(tmp)
-            tmp.chmod(0o755)  # mkdtemp makes it private; a model is for every user of the cache
-            tmp.rename(target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    publish_once(target, build, is_complete=Path.is_dir)
     return target
 
 
@@ -247,35 +219,11 @@ def _build_hf(recipe: Recipe, out: Path) -> None:
 
 
 def _build_ir(hf_dir: Path, weight_format: str, out: Path) -> None:
-    """Export with optimum-intel (fp32, with tokenizers), then compress weights with NNCF for int8.
+    """The same conversion as `ovllm convert --weight-format fp32|int8` (int8: INT8_ASYM)."""
+    from ovllm_engine.onboard.export import export_ir
+    from ovllm_engine.onboard.options import ConversionOptions
 
-    main_export alone leaves a small model uncompressed whatever its ov_config says (its weight
-    compression runs from optimum-cli's separate quantize step), so int8 is applied here directly.
-    """
-    from optimum.exporters.openvino import main_export
-    from optimum.intel import OVConfig
-
-    main_export(
-        model_name_or_path=str(hf_dir),
-        output=out,
-        task="text-generation-with-past",
-        ov_config=OVConfig(dtype="fp32"),
-        convert_tokenizer=True,
-        local_files_only=True,
-    )
-    if weight_format == "int8":
-        import nncf
-        import openvino as ov
-
-        xml = out / "openvino_model.xml"
-        model = nncf.compress_weights(ov.Core().read_model(xml), mode=nncf.CompressWeightsMode.INT8_ASYM)
-        ov.save_model(model, out / "compressed.xml", compress_to_fp16=False)
-        del model
-        (out / "compressed.xml").replace(xml)
-        (out / "compressed.bin").replace(out / "openvino_model.bin")
-    for name in ("openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml"):
-        if not (out / name).is_file():
-            raise RuntimeError(f"export of {hf_dir} to {weight_format} produced no {name}")
+    export_ir(hf_dir, out, ConversionOptions(weight_format), f"building test model {hf_dir.name} ({weight_format})")
 
 
 def hf_model(name: str = "tiny") -> Path:

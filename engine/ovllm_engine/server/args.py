@@ -9,7 +9,6 @@ from pathlib import Path
 
 from ovllm_engine.config import (
     API_KEY,
-    QUANTIZED_WEIGHTS,
     ConfigError,
     EngineConfig,
     check_kv_space,
@@ -17,6 +16,7 @@ from ovllm_engine.config import (
     parse_env,
     parse_ov_config,
 )
+from ovllm_engine.onboard import options as conversion_options
 
 log = logging.getLogger(__name__)
 DEMO_MODEL = "tiny"
@@ -27,10 +27,14 @@ def add_parser(subparsers) -> None:
         "serve",
         help="serve a model over an OpenAI-compatible API",
         description="Serve an OpenVINO IR model (with its OpenVINO tokenizer and detokenizer) over an "
-        "OpenAI-compatible HTTP API with continuous batching. With no MODEL, serves a small random-weight "
-        "demo model built on first use (needs the convert extra).",
+        "OpenAI-compatible HTTP API with continuous batching. A Hugging Face model (directory or hub id) is "
+        "converted to IR first, once per cache (needs the convert extra). With no MODEL, serves a small "
+        "random-weight demo model built on first use (needs the convert extra too).",
     )
-    parser.add_argument("model", nargs="?", help="directory holding openvino_model.xml and its tokenizers")
+    parser.add_argument(
+        "model", nargs="?",
+        help="OpenVINO IR directory, Hugging Face model directory, or hub id (converted to IR once, then cached)",
+    )
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", help="the model name clients ask for (default: the directory name)")
@@ -47,6 +51,7 @@ def add_parser(subparsers) -> None:
         "--shutdown-grace", type=float, default=30.0, help="seconds to finish requests in flight after SIGTERM"
     )
     parser.add_argument("--max-request-mb", type=float, default=4.0, help="largest request body accepted, in MiB")
+    conversion_options.add_arguments(parser)
     parser.set_defaults(func=_run)
 
 
@@ -60,8 +65,6 @@ def build_config(args, environ=None) -> EngineConfig:
     for name in ("openvino_tokenizer.xml", "openvino_detokenizer.xml"):
         if not (model_dir / name).is_file():
             raise ConfigError(f"{model_dir} holds no {name}: convert the tokenizer with openvino-tokenizers")
-    if settings.quantized_weights is not None:
-        log.warning("%s is ignored: %s is already OpenVINO IR, used as it is", QUANTIZED_WEIGHTS, model_dir)
     context = model_max_len(model_dir)
     max_model_len = args.max_model_len or context
     if not max_model_len:
@@ -95,11 +98,25 @@ def build_config(args, environ=None) -> EngineConfig:
 
 
 def _run(args) -> int:
+    from ovllm_engine.onboard.prepare import ConversionReported, prepare
+    from ovllm_engine.onboard.source import ModelError
     from ovllm_engine.server.main import run
 
     if args.model is None:
         args.model = str(_demo_model())
         args.served_model_name = args.served_model_name or "ovllm-demo"
+    try:
+        model = prepare(args.model, args, parse_env(), isolate=True)
+    except ConversionReported:
+        return 1
+    except ModelError as exc:
+        log.error("%s", exc)
+        return 1
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    args.model = str(model.path)
+    args.served_model_name = args.served_model_name or model.name
     try:
         config = build_config(args)
     except ConfigError as exc:

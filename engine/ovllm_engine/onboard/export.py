@@ -1,0 +1,138 @@
+"""The conversion of a Hugging Face model directory to OpenVINO IR: optimum-intel's export (model,
+tokenizer and detokenizer through openvino-tokenizers, which carry the chat template), then NNCF
+weight compression for int8 and int4.
+
+This module imports torch, optimum-intel and NNCF: only the `convert` extra has them, and only a
+conversion imports this module, so `ovllm serve` on IR runs with the `engine` extra alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from pathlib import Path
+
+import nncf
+import openvino as ov
+from optimum.exporters.openvino import main_export
+from optimum.exporters.tasks import TasksManager
+from optimum.intel import OVConfig
+from transformers.utils import logging as transformers_logging
+
+from ovllm_engine.onboard.options import ConversionOptions
+from ovllm_engine.onboard.progress import Steps, on_terminal
+from ovllm_engine.onboard.source import IR_MODEL_FILE, ModelError
+
+log = logging.getLogger("ovllm.onboard")
+
+TASK = "text-generation-with-past"
+TOKENIZER_FILES = ("openvino_tokenizer.xml", "openvino_detokenizer.xml")
+COMPRESSION_MODES = {
+    ("int8", False): nncf.CompressWeightsMode.INT8_ASYM,
+    ("int8", True): nncf.CompressWeightsMode.INT8_SYM,
+    ("int4", False): nncf.CompressWeightsMode.INT4_ASYM,
+    ("int4", True): nncf.CompressWeightsMode.INT4_SYM,
+}
+# The element type of the weights each format must leave in the IR (checked after conversion).
+EXPECTED_WEIGHT_TYPES = {
+    ("fp32", False): "f32",
+    ("fp16", False): "f16",
+    ("int8", False): "u8",
+    ("int8", True): "i8",
+    ("int4", False): "u4",
+    ("int4", True): "i4",
+}
+
+
+def check_exportable(hf_dir: Path) -> None:
+    """Refuse, before loading anything, an architecture optimum-intel cannot export for generation."""
+    model_type = json.loads((hf_dir / "config.json").read_text()).get("model_type")
+    try:
+        tasks = TasksManager.get_supported_tasks_for_model_type(
+            model_type, exporter="openvino", library_name="transformers"
+        )
+    except KeyError:
+        tasks = {}
+    if TASK not in tasks:
+        raise ModelError(
+            f"{hf_dir}: optimum-intel cannot export the architecture {model_type!r} for text generation: "
+            "serve a supported architecture (see optimum-intel's list), or convert it yourself to OpenVINO IR "
+            "with a tokenizer and detokenizer and serve that directory"
+        )
+
+
+def export_ir(hf_dir: Path, out: Path, options: ConversionOptions, title: str) -> None:
+    """Write the IR of `hf_dir` into the empty directory `out`."""
+    check_exportable(hf_dir)
+    compress = options.weight_format in ("int8", "int4")
+    steps = ["exporting with optimum-intel"]
+    if compress:
+        steps.append(f"compressing weights to {options.label()} with NNCF")
+    steps.append("checking the result")
+    if not on_terminal():  # transformers' own weight-loading bar would print carriage returns into logs
+        transformers_logging.disable_progress_bar()
+    with Steps(title, steps) as progress:
+        with progress.step(steps[0]), warnings.catch_warnings():
+            # torch's tracer warns about every data-dependent branch it freezes: noise to a user,
+            # kept with --log-level DEBUG.
+            if not log.isEnabledFor(logging.DEBUG):
+                warnings.simplefilter("ignore")
+            # An explicit OVConfig stops optimum's own int8 default for models over 1B parameters:
+            # dtype None keeps the source's precision, fp32 and fp16 ask for that one.
+            dtype = options.weight_format if options.weight_format in ("fp32", "fp16") else None
+            main_export(
+                model_name_or_path=str(hf_dir),
+                output=out,
+                task=TASK,
+                ov_config=OVConfig(dtype=dtype),
+                convert_tokenizer=True,
+                local_files_only=True,
+                trust_remote_code=options.trust_remote_code,
+            )
+        if compress:
+            with progress.step(steps[1]):
+                _compress_weights(out, options)
+        with progress.step(steps[-1]):
+            _check_result(out, options)
+
+
+def _compress_weights(out: Path, options: ConversionOptions) -> None:
+    # Data-free weight compression, as `optimum-cli export openvino --weight-format int8|int4` does
+    # without a dataset. main_export leaves a model uncompressed whatever its ov_config asks for, so
+    # NNCF runs here directly.
+    kwargs = {"mode": COMPRESSION_MODES[(options.weight_format, options.sym)]}
+    if options.weight_format == "int4":
+        kwargs.update(group_size=options.group_size, ratio=options.ratio)
+    xml = out / IR_MODEL_FILE
+    model = nncf.compress_weights(ov.Core().read_model(xml), **kwargs)
+    ov.save_model(model, out / "openvino_model.compressed.xml", compress_to_fp16=False)
+    del model
+    (out / "openvino_model.compressed.xml").replace(xml)
+    (out / "openvino_model.compressed.bin").replace(xml.with_suffix(".bin"))
+
+
+def weight_types(xml: Path) -> set[str]:
+    """Element types of the model's large constants (its weights)."""
+    model = ov.Core().read_model(xml)
+    types = set()
+    for op in model.get_ops():
+        if op.get_type_name() == "Constant" and math.prod(op.get_output_shape(0)) >= 1024:
+            types.add(op.get_output_element_type(0).get_type_name())
+    return types
+
+
+def _check_result(out: Path, options: ConversionOptions) -> None:
+    for name in (IR_MODEL_FILE, *TOKENIZER_FILES):
+        if not (out / name).is_file():
+            raise ModelError(f"the export produced no {name}: the model's tokenizer may not be convertible by "
+                             "openvino-tokenizers; convert it yourself and serve the IR directory")
+    expected = EXPECTED_WEIGHT_TYPES.get((options.weight_format, options.sym))
+    if expected is not None:
+        found = weight_types(out / IR_MODEL_FILE)
+        if expected not in found:
+            raise ModelError(f"the export to {options.label()} holds weights of types {sorted(found)}, "
+                             f"none {expected}: report this with the model's config.json")
+    if not ov.Core().read_model(out / TOKENIZER_FILES[0]).has_rt_info("chat_template"):
+        log.warning("the converted tokenizer carries no chat template: /v1/chat/completions will refuse requests")
