@@ -71,7 +71,7 @@ def test_cli_version_and_help():
     version = subprocess.run([ovllm, "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.strip() == f"ovllm {__version__}" and __version__ == PYPROJECT["project"]["version"]
     help_text = subprocess.run([ovllm, "--help"], capture_output=True, text=True, check=True).stdout
-    assert "serve" in help_text and "testmodel" in help_text
+    assert "serve" in help_text and "convert" in help_text and "testmodel" in help_text
     no_command = subprocess.run([ovllm], capture_output=True, text=True)
     assert no_command.returncode == 2 and "usage: ovllm" in no_command.stdout
 

@@ -98,7 +98,7 @@ def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
 
     with pytest.raises(RuntimeError):
         testmodels._cached_build("broken", failing_build)
-    assert sorted(p.name for p in (tmp_path / "test-models").iterdir()) == ["broken.lock"]
+    assert sorted(p.name for p in (tmp_path / "test-models").iterdir()) == [".broken.lock"]
 
 
 def test_int8_export_and_command(tmp_path):

@@ -189,6 +189,7 @@ def test_conversion_errors_are_one_clear_line_and_leave_no_cache_entry(tiny_hf, 
     alien = tmp_path / "alien"
     alien.mkdir()
     (alien / "config.json").write_text(json.dumps({"model_type": "fancy-new-arch", "hidden_size": 64}))
+    (alien / "model.safetensors").write_bytes(b"")
     assert_one_clear_error(ovllm("convert", str(alien), env=environment),
                            r"optimum-intel cannot export the architecture 'fancy-new-arch' for text generation")
 
@@ -307,6 +308,37 @@ def test_serve_reports_a_failed_conversion_in_one_line(tiny_hf, tmp_path):
     alien = tmp_path / "alien"
     alien.mkdir()
     (alien / "config.json").write_text(json.dumps({"model_type": "fancy-new-arch"}))
+    (alien / "model.safetensors").write_bytes(b"")
     result = ovllm("serve", str(alien), "--port", "0", env=home(tmp_path))
     assert_one_clear_error(result, r"cannot export the architecture 'fancy-new-arch'")
 
+
+
+def test_progress_is_drawn_as_bars_on_a_terminal(hub, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    _, endpoint = hub
+    controller, terminal = pty.openpty()
+    # a new pseudo-terminal is 0x0, and tqdm draws nothing in 0 columns: give it a real size
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", "ovllm_engine.cli", "convert", "ovllm-test/tiny-ov"],
+                               env={**os.environ, **home(tmp_path), "HF_ENDPOINT": endpoint},
+                               stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed: the process is gone
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(controller)
+    assert process.wait(60) == 0, drawn.decode(errors="replace")
+    text = drawn.decode(errors="replace")
+    assert "\r" in text and "100%|" in text, text  # tqdm's bar, redrawn in place
+    assert "ovllm.progress" not in text  # no log lines instead of the bar

@@ -106,8 +106,17 @@ def test_model_arguments_that_name_nothing_usable(tmp_path):
 
 # --- checks before converting ------------------------------------------------------------------
 
+def test_weights_must_be_there(tmp_path):
+    directory = hf_dir(tmp_path)
+    with pytest.raises(ModelError, match="has a config.json but no weights"):
+        check_source(directory, options.ConversionOptions("fp32"))
+    (directory / "model.safetensors").write_bytes(b"")
+    check_source(directory, options.ConversionOptions("fp32"))
+
+
 def test_remote_code_needs_consent(tmp_path):
     directory = hf_dir(tmp_path, auto_map={"AutoModelForCausalLM": "modeling_x.XForCausalLM"})
+    (directory / "model.safetensors").write_bytes(b"")
     with pytest.raises(ModelError, match="--trust-remote-code"):
         check_source(directory, options.ConversionOptions("fp32"))
     check_source(directory, options.ConversionOptions("fp32", trust_remote_code=True))
@@ -115,11 +124,13 @@ def test_remote_code_needs_consent(tmp_path):
 
 def test_int4_group_must_divide_the_model_widths(tmp_path):
     directory = hf_dir(tmp_path, hidden_size=64, intermediate_size=128)
+    (directory / "model.safetensors").write_bytes(b"")
     with pytest.raises(ModelError, match="hidden_size 64: use --group-size 64"):
         check_source(directory, options.ConversionOptions("int4", group_size=128, ratio=1.0))
     check_source(directory, options.ConversionOptions("int4", group_size=32, ratio=1.0))
     check_source(directory, options.ConversionOptions("int4", group_size=-1, ratio=1.0))  # per channel
     odd = hf_dir(tmp_path / "odd", hidden_size=72, intermediate_size=100)
+    (odd / "model.safetensors").write_bytes(b"")
     with pytest.raises(ModelError, match="use --weight-format int8"):
         check_source(odd, options.ConversionOptions("int4", group_size=128, ratio=1.0))
 

@@ -180,6 +180,9 @@ def source_precision(hf_dir: Path) -> str:
 def check_source(hf_dir: Path, options: ConversionOptions) -> None:
     """Refuse what would fail minutes into a conversion, before anything heavy is loaded."""
     config = _read_config(hf_dir)
+    if not any(path.suffix in WEIGHT_FILE_SUFFIXES for path in hf_dir.iterdir()):
+        raise ModelError(f"{hf_dir} has a config.json but no weights (*.safetensors or *.bin) and no OpenVINO IR "
+                         f"({IR_MODEL_FILE}): the download or copy is incomplete")
     if config.get("auto_map") and not options.trust_remote_code:
         raise ModelError(f"{hf_dir} needs its own Python code (auto_map in config.json) to load: "
                          "pass --trust-remote-code if you trust its authors")
