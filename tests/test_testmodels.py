@@ -83,7 +83,7 @@ def test_cache_builds_once_and_keys_on_versions(tiny_ov_fp32, monkeypatch):
     assert (tiny_ov_fp32 / "openvino_model.bin").stat().st_mtime_ns == before
     recipe = testmodels.RECIPES["tiny"]
     key = testmodels.cache_key(recipe, "ov-fp32")
-    monkeypatch.setattr(testmodels, "library_versions", lambda: {"openvino": "0.0.0"})
+    monkeypatch.setattr(testmodels, "installed_versions", lambda names: {"openvino": "0.0.0"})
     assert testmodels.cache_key(recipe, "ov-fp32") != key
 
 

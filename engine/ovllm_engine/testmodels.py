@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ovllm_engine.onboard.prepare import installed_versions
 from ovllm_engine.onboard.store import publish_once
 
 log = logging.getLogger(__name__)
@@ -127,21 +127,10 @@ def cache_root() -> Path:
     return Path(xdg) / "ovllm"
 
 
-def library_versions() -> dict[str, str]:
-    versions = {}
-    for name in BUILD_LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
-
-
 def cache_key(recipe: Recipe, kind: str) -> str:
     """A short hash of everything that decides the built files: recipe, artefact kind, versions."""
-    material = json.dumps(
-        {"recipe": asdict(recipe), "kind": kind, "versions": library_versions(), "format": 2}, sort_keys=True
-    )
+    versions = installed_versions(BUILD_LIBRARIES)
+    material = json.dumps({"recipe": asdict(recipe), "kind": kind, "versions": versions, "format": 2}, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 

@@ -125,8 +125,13 @@ def cache_root(download_dir: str | None) -> Path:
 
 
 def converter_versions() -> dict[str, str]:
+    return installed_versions(CONVERTER_LIBRARIES)
+
+
+def installed_versions(names) -> dict[str, str]:
+    """Each distribution's installed version, or "absent"."""
     versions = {}
-    for name in CONVERTER_LIBRARIES:
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
