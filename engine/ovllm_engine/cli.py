@@ -12,6 +12,7 @@ from ovllm_engine import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     from ovllm_engine import testmodels
+    from ovllm_engine.bench import cli as bench_cli
     from ovllm_engine.onboard import cli as convert_cli
     from ovllm_engine.server import args as serve_args
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve_args.add_parser(subparsers)
     convert_cli.add_parser(subparsers)
+    bench_cli.add_parser(subparsers)
     testmodels.add_parser(subparsers)
     return parser
 

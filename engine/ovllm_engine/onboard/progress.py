@@ -60,7 +60,8 @@ class LogProgress(tqdm):
 
     def __init__(self, *args, **kwargs):
         kwargs.pop("name", None)  # huggingface_hub's own tqdm takes a name; plain tqdm does not
-        kwargs["disable"] = False
+        if kwargs.get("disable") is None:  # None means "off unless a terminal": these lines are for non-terminals
+            kwargs["disable"] = False
         kwargs["file"] = io.StringIO()  # tqdm still writes a newline or two; nobody reads them
         self._last_line_at = 0.0
         self._last_desc = None

@@ -38,6 +38,18 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", help="the model name clients ask for (default: the directory name)")
+    add_engine_arguments(parser)
+    parser.add_argument("--api-key", default=None, help=f"require this bearer key on /v1/* (also ${API_KEY})")
+    parser.add_argument(
+        "--shutdown-grace", type=float, default=30.0, help="seconds to finish requests in flight after SIGTERM"
+    )
+    parser.add_argument("--max-request-mb", type=float, default=4.0, help="largest request body accepted, in MiB")
+    conversion_options.add_arguments(parser)
+    parser.set_defaults(func=_run)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The pipeline's flags, shared by `ovllm serve` and `ovllm bench throughput` (build_config reads them)."""
     parser.add_argument("--max-model-len", type=int, help="prompt plus output tokens (default: the model's context)")
     parser.add_argument("--max-num-seqs", type=int, default=256, help="sequences in one batch")
     parser.add_argument(
@@ -45,14 +57,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--api-key", default=None, help=f"require this bearer key on /v1/* (also ${API_KEY})")
     parser.add_argument("--ov-config", help='JSON OpenVINO properties, e.g. \'{"INFERENCE_PRECISION_HINT": "f32"}\'')
-    parser.add_argument(
-        "--shutdown-grace", type=float, default=30.0, help="seconds to finish requests in flight after SIGTERM"
-    )
-    parser.add_argument("--max-request-mb", type=float, default=4.0, help="largest request body accepted, in MiB")
-    conversion_options.add_arguments(parser)
-    parser.set_defaults(func=_run)
 
 
 def build_config(args, environ=None) -> EngineConfig:
