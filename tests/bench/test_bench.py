@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import require_module
+from conftest import ROOT, require_module
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -135,3 +135,27 @@ def test_serve_bad_arguments_are_one_line(tiny_server, tiny_ov_fp32, args, messa
     errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and re.search(message, errors[0]), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_comparison_script_runs_on_the_tiny_model(tmp_path):
+    """benchmarks/compare.py without llama.cpp (its build takes minutes): every other side and the plots."""
+    require_module("matplotlib", "bench")
+    require_module("optimum.intel", "convert")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--model", "tiny", "--out", str(tmp_path),
+         "--sides", "ovllm", "in-process", "optimum", "roofline", "--concurrency", "1", "2", "--rates", "2", "8",
+         "--rate-prompts", "4", "--input-len", "16", "--output-len", "8", "--rate-output-len", "4"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    sweep = saved["concurrency_sweep"]["ovllm"]
+    assert [sweep[level]["total_output_tokens"] for level in ("1", "2")] == [4 * 8, 4 * 8]
+    assert [saved["rate_sweep"]["ovllm"][rate]["completed"] for rate in ("2", "8")] == [4, 4]
+    assert saved["in_process"]["total_output_tokens"] == 2 * 8
+    assert saved["optimum_static"]["output_tokens_per_second"] > 0
+    roofline = saved["roofline"]
+    assert roofline["bandwidth_bytes_per_s"] > 1e9
+    assert roofline["batch_1"]["decode_steps"] == 7 and roofline["saturation"]["batch"] == 2
+    assert roofline["batch_1"]["step_over_floor"] > 1, "no step can beat the memory floor"
+    assert (tmp_path / "throughput_vs_concurrency.png").stat().st_size > 1000
+    assert (tmp_path / "ttft_vs_rate.png").stat().st_size > 1000
