@@ -62,29 +62,31 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def bench_serve(base_url: str, tokenizer: Path, args, *, num: int, output_len: int, concurrency: int | None = None,
-                rate: float | None = None, seed: int = 0) -> dict:
+                rate: float | None = None, seed: int = 0, range_ratio: float = 0.0) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as saved:
         command = [*OVLLM, "bench", "serve", "--base-url", base_url, "--tokenizer", str(tokenizer),
                    "--num-prompts", str(num), "--input-len", str(args.input_len), "--output-len", str(output_len),
                    "--ignore-eos", "--seed", str(seed), "--prompt-format", args.prompt_format,
-                   "--save-result", saved.name]
+                   "--random-range-ratio", str(range_ratio), "--save-result", saved.name]
         if concurrency:
             command += ["--max-concurrency", str(concurrency)]
         if rate:
             command += ["--request-rate", str(rate)]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         result = json.loads(Path(saved.name).read_text())
-    if result["total_output_tokens"] != num * output_len:
-        raise RuntimeError(f"{base_url} produced {result['total_output_tokens']} tokens, {num * output_len} asked")
+    if result["total_output_tokens"] != result["requested_output_tokens"] or result["completed"] != num:
+        raise RuntimeError(f"{base_url} completed {result['completed']} of {num} requests with "
+                           f"{result['total_output_tokens']} tokens, {result['requested_output_tokens']} asked")
     for per_request in ("ttfts", "itls", "e2els", "output_lens", "input_lens", "errors"):
         result.pop(per_request)
     return result
 
 
-def in_process(ir: Path, args, num: int) -> dict:
+def in_process(ir: Path, args, num: int, range_ratio: float = 0.0) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as saved:
         subprocess.run([*OVLLM, "bench", "throughput", "--model", str(ir), "--num-prompts", str(num),
                         "--input-len", str(args.input_len), "--output-len", str(args.output_len),
+                        "--random-range-ratio", str(range_ratio),
                         "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--output-json", saved.name],
                        check=True, stdout=subprocess.DEVNULL, env={**os.environ, **KV_ENV})
         return json.loads(Path(saved.name).read_text())
@@ -100,26 +102,43 @@ def in_subprocess(function: str, *arguments) -> dict:
 
 # --- measurements run in their own interpreter ----------------------------------------------------
 
-def optimum_static(ir: str, num: str, input_len: str, output_len: str) -> dict:
-    """optimum-intel's generate on one static batch of every prompt: the pre-continuous-batching way."""
+def optimum_static(ir: str, num: str, input_len: str, output_len: str, range_ratio: str = "0",
+                   batch: str = "0") -> dict:
+    """optimum-intel's generate on one static batch of every prompt: the pre-continuous-batching way.
+
+    The prompts and output lengths are those `ovllm bench throughput` makes with the same seed.
+    Prompts are left-padded to the longest of their batch; a batch runs until its longest output is
+    done, and only the tokens each request asked for count (the rest is the waste of static
+    batching). batch 0: all prompts in one batch (its prefill returns logits for every prompt
+    position, batch x prompt x vocabulary floats, which is what limits the batch on this machine)."""
     import torch
     from optimum.intel import OVModelForCausalLM
 
-    from ovllm_engine.bench.datasets import DEFAULT_VOCAB
+    from ovllm_engine.bench.datasets import Tokens, random_requests
 
-    num, input_len, output_len = int(num), int(input_len), int(output_len)
+    requests = random_requests(Tokens(ir), int(num), int(input_len), int(output_len), seed=0,
+                               range_ratio=float(range_ratio))
+    size = int(batch) or len(requests)
+    pad = 151643  # <|endoftext|>, masked out
     model = OVModelForCausalLM.from_pretrained(ir, ov_config={"KV_CACHE_PRECISION": "u8"}, compile=True)
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, DEFAULT_VOCAB, (num, input_len), generator=generator)
-    mask = torch.ones_like(ids)
-    model.generate(input_ids=ids[:2, :8], attention_mask=mask[:2, :8], max_new_tokens=4, min_new_tokens=4)
-    started = time.perf_counter()
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=output_len, min_new_tokens=output_len,
-                         do_sample=False)
-    elapsed = time.perf_counter() - started
-    produced = (out.shape[1] - input_len) * num
-    assert produced == num * output_len, produced
-    return {"elapsed_time": elapsed, "output_tokens_per_second": produced / elapsed, "batch": num}
+    warm = torch.tensor([requests[0].prompt_ids[:8]] * 2)
+    model.generate(input_ids=warm, attention_mask=torch.ones_like(warm), max_new_tokens=4, min_new_tokens=4)
+    elapsed = generated = 0
+    for start in range(0, len(requests), size):
+        group = requests[start:start + size]
+        longest_prompt = max(r.prompt_len for r in group)
+        ids = torch.tensor([[pad] * (longest_prompt - r.prompt_len) + r.prompt_ids for r in group])
+        mask = torch.tensor([[0] * (longest_prompt - r.prompt_len) + [1] * r.prompt_len for r in group])
+        new_tokens = max(r.output_len for r in group)
+        started = time.perf_counter()
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+        elapsed += time.perf_counter() - started
+        assert out.shape[1] - longest_prompt == new_tokens, out.shape
+        generated += new_tokens * len(group)
+    useful = sum(r.output_len for r in requests)
+    return {"elapsed_time": elapsed, "output_tokens_per_second": useful / elapsed, "batch": size,
+            "total_output_tokens": useful, "generated_tokens": generated}
 
 
 def copy_bandwidth(gib: float = 1.0, threads: int = os.cpu_count() or 1, rounds: int = 5) -> float:
@@ -211,11 +230,11 @@ def plot(results: dict, out: Path) -> None:
     figure.savefig(out / "throughput_vs_concurrency.png", dpi=120)
 
     figure, axes = plt.subplots(figsize=(6, 4))
-    for side, label in (("ovllm", "ovllm serve"), ("llama.cpp", "llama.cpp server")):
+    for color, (side, label) in enumerate((("ovllm", "ovllm serve"), ("llama.cpp", "llama.cpp server"))):
         points = results["rate_sweep"].get(side, {})
         rates = sorted(points, key=float)
         for key, style in (("median_ttft_ms", "-o"), ("p99_ttft_ms", "--^")):
-            axes.plot([float(r) for r in rates], [points[r][key] / 1000 for r in rates], style,
+            axes.plot([float(r) for r in rates], [points[r][key] / 1000 for r in rates], style, color=f"C{color}",
                       label=f"{label}, {'p50' if key.startswith('median') else 'p99'}")
     axes.set(xlabel="request rate (requests/s, Poisson)", ylabel="TTFT (s)", yscale="log",
              title="Time to first token against request rate")
@@ -238,10 +257,16 @@ def main() -> int:
     parser.add_argument("--rate-prompts", type=int, default=24)
     parser.add_argument("--rate-output-len", type=int, default=64)
     parser.add_argument("--max-num-batched-tokens", type=int, default=256)
+    parser.add_argument("--mixed-range-ratio", type=float, default=0.9,
+                        help="the mixed-lengths run: lengths drawn from [len * (1 - r), len * (1 + r)]")
     parser.add_argument("--prompt-format", choices=["text", "token-ids"], default="token-ids")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--work", type=Path, default=Path("/tmp/llamacpp-work"), help="llama.cpp build and GGUF")
-    parser.add_argument("--sides", nargs="+", default=["ovllm", "in-process", "optimum", "llama.cpp", "roofline"])
+    parser.add_argument("--mixed-static-batch", type=int, default=32,
+                        help="optimum-intel's batch in the mixed run (64 padded prompts at once run out of memory)")
+    parser.add_argument("--merge", action="store_true", help="keep the other sides of OUT/compare.json")
+    parser.add_argument("--sides", nargs="+",
+                        default=["ovllm", "in-process", "optimum", "mixed", "llama.cpp", "roofline"])
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -250,8 +275,11 @@ def main() -> int:
     ir = testmodels.ov_model(args.model, "int8")
     hf = testmodels.hf_model(args.model)
     saturation = int(args.concurrency[-1])
-    results: dict = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                     "concurrency_sweep": {}, "rate_sweep": {}, "machine": machine()}
+    results: dict = {"concurrency_sweep": {}, "rate_sweep": {}}
+    if args.merge and (args.out / "compare.json").is_file():  # add sides to an earlier run's results
+        results = json.loads((args.out / "compare.json").read_text())
+    results["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    results["machine"] = machine()
 
     def sweep(side: str, base_url_for) -> None:
         for concurrency in args.concurrency:
@@ -280,6 +308,24 @@ def main() -> int:
     if "optimum" in args.sides:
         results["optimum_static"] = in_subprocess("_optimum", ir, saturation, args.input_len, args.output_len)
         print(f"optimum-intel static batch: {results['optimum_static']['output_tokens_per_second']:.1f}", flush=True)
+        save(results, args.out)
+    if "mixed" in args.sides:
+        # The same three-way comparison with lengths that vary from request to request, as real traffic does.
+        ratio = args.mixed_range_ratio
+        with ovllm_server(ir, args) as base_url:
+            served = bench_serve(base_url, ir, args, num=saturation, output_len=args.output_len,
+                                 concurrency=saturation, seed=0, range_ratio=ratio)
+        results["mixed"] = {
+            "range_ratio": ratio,
+            "ovllm": served,
+            "in_process": in_process(ir, args, saturation, ratio),
+            "optimum_static": in_subprocess("_optimum", ir, saturation, args.input_len, args.output_len, ratio,
+                                            args.mixed_static_batch),
+        }
+        mixed = results["mixed"]
+        print(f"mixed lengths: ovllm {mixed['ovllm']['output_throughput']:.1f}, in-process "
+              f"{mixed['in_process']['output_tokens_per_second']:.1f}, optimum-intel static "
+              f"{mixed['optimum_static']['output_tokens_per_second']:.1f} output tokens/s", flush=True)
         save(results, args.out)
     if "llama.cpp" in args.sides:
         import llamacpp

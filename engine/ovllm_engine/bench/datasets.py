@@ -63,12 +63,18 @@ def _round_trip(tokens: Tokens, ids: list[int], rng: random.Random, vocab: int) 
 
 
 def random_requests(tokens: Tokens, num: int, input_len: int, output_len: int, seed: int,
-                    vocab: int = DEFAULT_VOCAB) -> list[BenchRequest]:
+                    vocab: int = DEFAULT_VOCAB, range_ratio: float = 0.0) -> list[BenchRequest]:
+    """range_ratio r: each length drawn uniformly from [len * (1 - r), len * (1 + r)], as vLLM's
+    --random-range-ratio; 0 gives every request the same lengths."""
     rng = random.Random(seed)
+
+    def length(mean: int) -> int:
+        return max(1, rng.randint(round(mean * (1 - range_ratio)), round(mean * (1 + range_ratio))))
+
     requests = []
     for _ in range(num):
-        ids, text = _round_trip(tokens, [rng.randrange(vocab) for _ in range(input_len)], rng, vocab)
-        requests.append(BenchRequest(text, ids, output_len))
+        ids, text = _round_trip(tokens, [rng.randrange(vocab) for _ in range(length(input_len))], rng, vocab)
+        requests.append(BenchRequest(text, ids, length(output_len)))
     return requests
 
 
@@ -128,6 +134,8 @@ def add_arguments(parser) -> None:
                         help="random: prompt tokens")
     parser.add_argument("--output-len", "--random-output-len", dest="output_len", type=int, default=None,
                         help="output tokens per request (default 128; ShareGPT: the reply's length)")
+    parser.add_argument("--random-range-ratio", type=float, default=0.0,
+                        help="random: draw each length from [len * (1 - r), len * (1 + r)] (default 0: fixed)")
     parser.add_argument("--shared-prefix-len", type=int, default=512, help="shared-prefix: tokens of each prefix")
     parser.add_argument("--suffix-len", type=int, default=32, help="shared-prefix: unique tokens after the prefix")
     parser.add_argument("--num-prefixes", type=int, default=1, help="shared-prefix: distinct prefixes")
@@ -146,4 +154,7 @@ def load(args, tokens: Tokens) -> list[BenchRequest]:
     if name == "shared-prefix":
         return shared_prefix_requests(tokens, args.num_prompts, args.shared_prefix_len, args.suffix_len, output_len,
                                       args.seed, args.num_prefixes)
-    return random_requests(tokens, args.num_prompts, args.input_len, output_len, args.seed)
+    if not 0 <= args.random_range_ratio < 1:
+        raise ValueError(f"--random-range-ratio {args.random_range_ratio} must be in [0, 1)")
+    return random_requests(tokens, args.num_prompts, args.input_len, output_len, args.seed,
+                           range_ratio=args.random_range_ratio)
