@@ -103,7 +103,7 @@ def test_serve_shared_prefix_at_a_poisson_rate_with_token_ids(tiny_server, tiny_
                            "--prompt-format", "token-ids")
     assert saved["completed"] == 20 and saved["total_output_tokens"] == 160
     assert saved["total_input_tokens"] == 20 * 104
-    # 20 Poisson arrivals at 20/s span about a second (under 0.3 s with probability far below 1e-6)
+    # 19 exponential gaps at 20/s span about a second (under 0.3 s with probability far below 1e-4)
     assert saved["duration"] > 0.3
 
 

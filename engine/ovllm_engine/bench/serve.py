@@ -88,10 +88,10 @@ async def _benchmark(args, requests: list[datasets.BenchRequest], slos: dict) ->
         rng = random.Random(args.seed)
         started = time.perf_counter()
         tasks = []
-        for request in requests:
-            tasks.append(asyncio.create_task(one(request)))
-            if args.request_rate != float("inf"):
+        for index, request in enumerate(requests):
+            if index and args.request_rate != float("inf"):  # Poisson arrivals: exponential gaps
                 await asyncio.sleep(rng.expovariate(args.request_rate))
+            tasks.append(asyncio.create_task(one(request)))
         outputs = await asyncio.gather(*tasks)
         duration = time.perf_counter() - started
         bar.close()
