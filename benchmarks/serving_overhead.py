@@ -36,36 +36,21 @@ def random_prompts(count: int, length: int, seed: int) -> list[list[int]]:
 
 
 class InProcess:
-    """The ContinuousBatchingPipeline driven directly: add every request, then step until done."""
+    """The ContinuousBatchingPipeline driven directly, as `ovllm bench throughput` drives it."""
 
     def __init__(self, model_dir: str, batched: int, kv: str):
-        import openvino_genai as ov_genai
+        from ovllm_engine.config import EngineConfig
+        from ovllm_engine.server.engine_process import build_pipeline
 
-        scheduler = ov_genai.SchedulerConfig()
-        scheduler.cache_size = 4
-        scheduler.max_num_batched_tokens = batched
-        scheduler.enable_prefix_caching = True
-        scheduler.dynamic_split_fuse = True
-        self.genai = ov_genai
-        self.pipe = ov_genai.ContinuousBatchingPipeline(model_dir, scheduler, "CPU", {"KV_CACHE_PRECISION": kv})
+        config = EngineConfig(model_dir=model_dir, served_model_name="in-process", max_model_len=4096,
+                              max_num_batched_tokens=batched, kv_cache_space_gb=4, kv_cache_precision=kv)
+        self.pipe = build_pipeline(config)
 
     def run(self, batch: list[list[int]], new_tokens: int) -> float:
-        import numpy as np
-        import openvino as ov
+        from ovllm_engine.bench.datasets import BenchRequest
+        from ovllm_engine.bench.throughput import generate
 
-        config = self.genai.GenerationConfig()
-        config.max_new_tokens = new_tokens
-        config.ignore_eos = True
-        started = time.perf_counter()
-        handles = [self.pipe.add_request(i, ov.Tensor(np.array([p], dtype=np.int64)), config)
-                   for i, p in enumerate(batch)]
-        produced = 0
-        while self.pipe.has_non_finished_requests():
-            self.pipe.step()
-            for handle in handles:
-                while handle.can_read():
-                    produced += sum(len(o.generated_ids) for o in handle.read().values())
-        elapsed = time.perf_counter() - started
+        elapsed, produced = generate(self.pipe, [BenchRequest("", prompt, new_tokens) for prompt in batch])
         assert produced == len(batch) * new_tokens, produced
         return produced / elapsed
 

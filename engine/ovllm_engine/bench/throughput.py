@@ -44,8 +44,8 @@ def run(args) -> int:
         raise ValueError(f"a request needs {longest} tokens, more than --max-model-len {config.max_model_len}")
     log.info("configuration: %s", config.summary())
     pipeline = build_pipeline(config)
-    _generate(pipeline, requests[:1], warmup=True)
-    elapsed, produced = _generate(pipeline, requests)
+    generate(pipeline, requests[:1], warmup=True)
+    elapsed, produced = generate(pipeline, requests)
     expected = sum(r.output_len for r in requests)
     if produced != expected:
         raise RuntimeError(f"the pipeline produced {produced} tokens, {expected} were asked for")
@@ -69,7 +69,7 @@ def run(args) -> int:
     return 0
 
 
-def _generate(pipeline, requests: list[datasets.BenchRequest], warmup: bool = False) -> tuple[float, int]:
+def generate(pipeline, requests: list[datasets.BenchRequest], warmup: bool = False) -> tuple[float, int]:
     """Add every request, step until all finish; return (seconds, output tokens)."""
     import numpy as np
     import openvino as ov
