@@ -154,7 +154,6 @@ async def _send(session, args, model: str, request: datasets.BenchRequest) -> Re
                         output.itl.append(now - last)
                     last = now
                     chunks += 1
-                    output.text += chunk["choices"][0].get("text") or ""
                 if chunk.get("usage"):
                     output.output_tokens = chunk["usage"].get("completion_tokens") or 0
                     output.prompt_len = chunk["usage"].get("prompt_tokens") or output.prompt_len

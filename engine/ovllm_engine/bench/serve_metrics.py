@@ -26,7 +26,6 @@ class RequestOutput:
     ttft: float = 0.0  # seconds
     latency: float = 0.0
     itl: list[float] = field(default_factory=list)
-    text: str = ""
 
     @property
     def tpot(self) -> float | None:

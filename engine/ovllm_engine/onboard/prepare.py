@@ -35,6 +35,7 @@ from ovllm_engine.onboard.source import (
     ModelError,
     check_hub_id,
     download,
+    is_ir_dir,
     local_directory,
 )
 from ovllm_engine.onboard.store import directory_size, lock_path, publish_once
@@ -113,7 +114,7 @@ def _check_free(target: Path) -> None:
 
 
 def is_converted(target: Path) -> bool:
-    return (target / MARKER).is_file() and (target / IR_MODEL_FILE).is_file()
+    return (target / MARKER).is_file() and is_ir_dir(target)
 
 
 def cache_root(download_dir: str | None) -> Path:
