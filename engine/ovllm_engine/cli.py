@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ovllm_engine.bench import cli as bench_cli
     from ovllm_engine.onboard import cli as convert_cli
     from ovllm_engine.server import args as serve_args
+    from ovllm_operator import cli as operator_cli
 
     parser = argparse.ArgumentParser(
         prog="ovllm",
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert_cli.add_parser(subparsers)
     bench_cli.add_parser(subparsers)
     testmodels.add_parser(subparsers)
+    operator_cli.add_parser(subparsers)
     return parser
 
 

@@ -1,0 +1,384 @@
+"""Pure functions from a resource to the children it should have: no cluster, no I/O, so every
+rule here is unit-tested on plain dictionaries. reconcile.py applies what they return.
+
+Everything a builder returns is a full desired state for server-side apply: the same spec gives the
+same objects, byte for byte, so re-applying them changes nothing and restarts nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ovllm_operator import names, sizing
+from ovllm_operator.isa import merge_affinity
+from ovllm_operator.spec import OVLLMDeploymentSpec, SpecError
+
+# The engine's environment contract (ovllm_engine/config.py and vLLM's OpenVINO backend). The
+# operator never imports the engine; tests/operator/test_contract.py checks these names against it.
+KVCACHE_SPACE = "VLLM_OPENVINO_KVCACHE_SPACE"
+KV_CACHE_PRECISION = "VLLM_OPENVINO_CPU_KV_CACHE_PRECISION"
+QUANTIZED_WEIGHTS = "VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS"
+INFERENCE_THREADS = "OVLLM_INFERENCE_THREADS"
+API_KEY = "VLLM_API_KEY"
+CONTRACT_ENV = (KVCACHE_SPACE, KV_CACHE_PRECISION, "VLLM_OPENVINO_KV_CACHE_PRECISION", QUANTIZED_WEIGHTS,
+                INFERENCE_THREADS, API_KEY, "HF_HOME", "HF_TOKEN")
+
+CACHE_MOUNT = "/cache"  # a writable emptyDir: HF_HOME, and the IR of a pod that converts for itself
+# Startup probe budgets: loading IR, and downloading plus converting inside the pod.
+LOAD_SECONDS = 30 * 60
+CONVERT_IN_POD_SECONDS = 2 * 60 * 60
+PROBE_PERIOD = 10
+SHUTDOWN_GRACE_SECONDS = 30  # the engine's --shutdown-grace default: requests in flight finish
+USER_ID = 1000
+
+
+@dataclass(frozen=True)
+class Resource:
+    """The parts of an OVLLMDeployment that builders read."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: OVLLMDeploymentSpec
+
+    @classmethod
+    def from_body(cls, body) -> Resource:
+        from ovllm_operator.spec import parse_spec
+
+        metadata = body["metadata"]
+        return cls(metadata["name"], metadata["namespace"], metadata["uid"], parse_spec(dict(body.get("spec") or {})))
+
+    def owner_reference(self) -> dict:
+        # controller: true makes the resource the children's one manager; deleting it lets the
+        # garbage collector delete them.
+        return {"apiVersion": f"{names.GROUP}/{names.VERSION}", "kind": names.KIND, "name": self.name,
+                "uid": self.uid, "controller": True, "blockOwnerDeletion": True}
+
+    def metadata(self, name: str, component: str = "engine", **extra) -> dict:
+        return {"name": name, "namespace": self.namespace, "labels": names.labels(self.name, component),
+                "ownerReferences": [self.owner_reference()], **extra}
+
+    @property
+    def served_model_name(self) -> str:
+        return self.spec.model.served_model_name or self.name
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """Where the engine pods find their model, and whether a conversion Job puts it there first."""
+
+    serve_path: str  # the MODEL argument of `ovllm serve`
+    uses_job: bool  # a conversion Job fills the model cache first
+    convert_in_pod: bool  # each pod downloads or converts for itself (no model cache)
+
+
+def source_path(resource: Resource) -> str:
+    """The source as `ovllm serve` and `ovllm convert` take it: a hub id or a mounted directory."""
+    model = resource.spec.model
+    if model.hub:
+        return model.hub
+    if model.pvc:
+        return f"{names.SOURCE_MOUNT}/{model.pvc.path}".rstrip("/")
+    return model.image_path
+
+
+def model_plan(resource: Resource) -> ModelPlan:
+    model = resource.spec.model
+    if not model.needs_conversion:
+        return ModelPlan(model.image_path, None, False)
+    if resource.spec.model_cache is None:
+        return ModelPlan(source_path(resource), None, True)
+    key = names.conversion_key(model.source, model.weight_format, model.trust_remote_code)
+    directory = names.model_dir_name(model.source, model.weight_format, key)
+    return ModelPlan(f"{names.MODELS_MOUNT}/{directory}", True, False)
+
+
+def conversion_flags(resource: Resource) -> list[str]:
+    """`--weight-format` for fp16 and int4 (int8 travels as VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS=ON,
+    as in vLLM's OpenVINO backend), the hub revision, and consent to remote code."""
+    model = resource.spec.model
+    flags = [] if model.weight_format == "int8" else ["--weight-format", model.weight_format]
+    if model.revision:
+        flags += ["--revision", model.revision]
+    if model.trust_remote_code:
+        flags.append("--trust-remote-code")
+    return flags
+
+
+def secret_env(name: str, ref) -> dict:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def engine_env(resource: Resource) -> list[dict]:
+    """The engine container's environment: the contract from the spec, then the user's extraEnv."""
+    spec = resource.spec
+    env = [
+        {"name": KVCACHE_SPACE, "value": str(spec.engine.kv_cache_space_gib)},
+        {"name": KV_CACHE_PRECISION, "value": spec.engine.kv_cache_precision},
+        {"name": QUANTIZED_WEIGHTS, "value": "ON" if spec.model.weight_format == "int8" else "OFF"},
+        {"name": INFERENCE_THREADS, "value": str(spec.cpu.cores)},
+        {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
+        {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only
+    ]
+    if spec.model.hub_token_secret_ref and model_plan(resource).convert_in_pod:
+        env.append(secret_env("HF_TOKEN", spec.model.hub_token_secret_ref))
+    if spec.api_key_secret_ref:
+        env.append(secret_env(API_KEY, spec.api_key_secret_ref))
+    return _with_extra_env(env, spec.engine.extra_env)
+
+
+def _with_extra_env(env: list[dict], extra: tuple[dict, ...]) -> list[dict]:
+    """Append the user's variables; one that names a contract variable is refused (the CRD refuses
+    it too), any other replaces the operator's of the same name (env names must be unique)."""
+    forbidden = [item["name"] for item in extra if item["name"] in CONTRACT_ENV]
+    if forbidden:
+        raise SpecError(f"spec.engine.extraEnv: {', '.join(forbidden)} is set from the spec; "
+                        "set the spec field instead")
+    overridden = {item["name"] for item in extra}
+    return [item for item in env if item["name"] not in overridden] + [dict(item) for item in extra]
+
+
+def engine_args(resource: Resource) -> list[str]:
+    spec, plan = resource.spec, model_plan(resource)
+    engine = spec.engine
+    args = ["serve", plan.serve_path, "--host", "0.0.0.0", "--port", str(names.ENGINE_PORT),
+            "--served-model-name", resource.served_model_name,
+            "--max-num-seqs", str(engine.max_num_seqs),
+            "--max-num-batched-tokens", str(engine.max_num_batched_tokens),
+            "--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching",
+            "--enable-chunked-prefill" if engine.enable_chunked_prefill else "--no-enable-chunked-prefill"]
+    if engine.max_model_len:
+        args += ["--max-model-len", str(engine.max_model_len)]
+    if plan.convert_in_pod:
+        args += conversion_flags(resource)
+    return args + list(engine.extra_args)
+
+
+def check_memory(resource: Resource) -> None:
+    """What the schema cannot check: a memory limit below the KV cache the spec asks for."""
+    spec = resource.spec
+    if spec.cpu.memory and sizing.quantity_bytes(spec.cpu.memory) < sizing.minimum_engine_gib(spec) * 2**30:
+        raise SpecError(
+            f"spec.cpu.memory: {spec.cpu.memory} cannot hold spec.engine.kvCacheSpaceGiB="
+            f"{spec.engine.kv_cache_space_gib} of KV cache plus the engine; give at least "
+            f"{sizing.gib(sizing.minimum_engine_gib(spec) + 1)} or a smaller KV cache"
+        )
+
+
+def _security(pod: bool) -> dict:
+    if pod:
+        return {"runAsNonRoot": True, "runAsUser": USER_ID, "runAsGroup": USER_ID, "fsGroup": USER_ID,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]}}
+
+
+def _volumes(resource: Resource, models_read_only: bool) -> tuple[list[dict], list[dict]]:
+    """Volumes and mounts: a writable /tmp and /cache (read-only root filesystem), the model cache
+    claim at /models, and a pvc source read-only at /source."""
+    spec = resource.spec
+    volumes = [{"name": "tmp", "emptyDir": {}}, {"name": "cache", "emptyDir": {}}]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "cache", "mountPath": CACHE_MOUNT}]
+    if spec.model_cache is not None:
+        claim = spec.model_cache.claim_name or names.cache_claim_name(resource.name)
+        volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": claim,
+                                                                    "readOnly": models_read_only}})
+        mounts.append({"name": "models", "mountPath": names.MODELS_MOUNT, "readOnly": models_read_only})
+    if spec.model.pvc is not None:
+        volumes.append({"name": "source", "persistentVolumeClaim": {"claimName": spec.model.pvc.claim_name,
+                                                                    "readOnly": True}})
+        mounts.append({"name": "source", "mountPath": names.SOURCE_MOUNT, "readOnly": True})
+    return volumes, mounts
+
+
+def startup_seconds(resource: Resource) -> int:
+    return CONVERT_IN_POD_SECONDS if model_plan(resource).convert_in_pod else LOAD_SECONDS
+
+
+def pod_template(resource: Resource, serve_path: str | None = None) -> dict:
+    """The engine pod. serve_path overrides the plan's model directory: while a new conversion runs,
+    the pods keep serving the last converted model."""
+    spec = resource.spec
+    check_memory(resource)
+    args = engine_args(resource)
+    if serve_path:
+        args[1] = serve_path
+    memory = sizing.engine_memory(spec)
+    cores = str(spec.cpu.cores)
+    health = {"httpGet": {"path": "/health", "port": "http"}}
+    volumes, mounts = _volumes(resource, models_read_only=True)
+    container = {
+        "name": "engine",
+        "image": spec.engine.image,
+        "imagePullPolicy": spec.engine.image_pull_policy,
+        "command": ["ovllm"],
+        "args": args,
+        "env": engine_env(resource),
+        "ports": [{"name": "http", "containerPort": names.ENGINE_PORT, "protocol": "TCP"}],
+        # Guaranteed QoS (requests equal limits): a static CPU manager can pin the engine's threads.
+        "resources": {"requests": {"cpu": cores, "memory": memory}, "limits": {"cpu": cores, "memory": memory}},
+        # Conversion and loading can take long; liveness and readiness start only after this succeeds.
+        "startupProbe": {**health, "periodSeconds": PROBE_PERIOD,
+                         "failureThreshold": math.ceil(startup_seconds(resource) / PROBE_PERIOD)},
+        "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {**health, "periodSeconds": 10, "failureThreshold": 6, "timeoutSeconds": 5},
+        "securityContext": _security(pod=False),
+        "volumeMounts": mounts,
+    }
+    annotations = {}
+    if spec.metrics.enabled:
+        annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(names.ENGINE_PORT),
+                       "prometheus.io/path": "/metrics"}
+    pod_spec = {
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": _security(pod=True),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": SHUTDOWN_GRACE_SECONDS + 10,
+        "affinity": merge_affinity(spec.affinity, spec.cpu.min_isa),
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(item) for item in spec.tolerations]
+    metadata = {"labels": names.labels(resource.name)}
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"metadata": metadata, "spec": pod_spec}
+
+
+def deployment(resource: Resource, serve_path: str | None = None) -> dict:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": resource.metadata(resource.name),
+        "spec": {
+            "replicas": resource.spec.replicas,
+            "selector": {"matchLabels": names.selector_labels(resource.name)},
+            # Never below the serving capacity during a rollout: one new pod at a time, and an old
+            # one goes only when a new one is ready.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "progressDeadlineSeconds": startup_seconds(resource) + 600,
+            "revisionHistoryLimit": 3,
+            "template": pod_template(resource, serve_path),
+        },
+    }
+
+
+def service(resource: Resource) -> dict:
+    spec = resource.spec.service
+    metadata = resource.metadata(resource.name)
+    if spec.annotations:
+        metadata["annotations"] = dict(spec.annotations)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            "type": spec.type,
+            "selector": names.selector_labels(resource.name),
+            "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def pod_disruption_budget(resource: Resource) -> dict | None:
+    pdb = resource.spec.pod_disruption_budget
+    if pdb is None:
+        return None
+    budget = {"minAvailable": pdb.min_available} if pdb.min_available is not None else {
+        "maxUnavailable": pdb.max_unavailable}
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": resource.metadata(resource.name),
+        "spec": {"selector": {"matchLabels": names.selector_labels(resource.name)}, **budget},
+    }
+
+
+def cache_claim(resource: Resource) -> dict | None:
+    """The model cache claim, created only when absent (an existing claim is used as it is)."""
+    cache = resource.spec.model_cache
+    if cache is None:
+        return None
+    spec = {"accessModes": list(cache.access_modes), "resources": {"requests": {"storage": cache.size}}}
+    if cache.storage_class_name:
+        spec["storageClassName"] = cache.storage_class_name
+    name = cache.claim_name or names.cache_claim_name(resource.name)
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": resource.metadata(name, component="model-cache"), "spec": spec}
+
+
+def conversion_job(resource: Resource) -> dict | None:
+    """One Job that converts the model into the cache before any engine pod starts."""
+    plan = model_plan(resource)
+    if not plan.uses_job:
+        return None
+    spec = resource.spec
+    env = [
+        {"name": QUANTIZED_WEIGHTS, "value": "ON" if spec.model.weight_format == "int8" else "OFF"},
+        # Downloads land on the cache volume too: a retried Job does not download again.
+        {"name": "HF_HOME", "value": f"{names.MODELS_MOUNT}/.huggingface"},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    if spec.model.hub_token_secret_ref:
+        env.append(secret_env("HF_TOKEN", spec.model.hub_token_secret_ref))
+    volumes, mounts = _volumes(resource, models_read_only=False)
+    cores, memory = str(spec.cpu.cores), sizing.converter_memory(spec)
+    container = {
+        "name": "convert",
+        "image": spec.engine.converter_image,
+        "imagePullPolicy": spec.engine.image_pull_policy,
+        "command": ["ovllm"],
+        "args": ["convert", source_path(resource), "--output", plan.serve_path, *conversion_flags(resource)],
+        "env": env,
+        "resources": {"requests": {"cpu": cores, "memory": memory}, "limits": {"memory": memory}},
+        "securityContext": _security(pod=False),
+        "volumeMounts": mounts,
+    }
+    pod_spec = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": _security(pod=True),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        # Conversion runs torch's CPU kernels: the same instruction-set floor as the engine.
+        "affinity": merge_affinity(spec.affinity, spec.cpu.min_isa),
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(item) for item in spec.tolerations]
+    job_spec = {
+        "backoffLimit": 2,
+        "template": {"metadata": {"labels": names.labels(resource.name, "converter")}, "spec": pod_spec},
+    }
+    # A Job's spec is immutable, so its name carries a hash of it: any change (a new model, a fixed
+    # image) makes a new Job, and one whose output is already complete finishes at once.
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": resource.metadata(names.job_name(resource.name, names.digest(job_spec)), component="converter"),
+        "spec": job_spec,
+    }
+
+
+def service_monitor(resource: Resource) -> dict | None:
+    metrics = resource.spec.metrics
+    if not metrics.enabled:
+        return None
+    metadata = resource.metadata(resource.name)
+    metadata["labels"] = {**metadata["labels"], **metrics.service_monitor_labels}
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": metadata,
+        "spec": {
+            "selector": {"matchLabels": names.selector_labels(resource.name)},
+            "namespaceSelector": {"matchNames": [resource.namespace]},
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": metrics.interval}],
+        },
+    }

@@ -1,0 +1,56 @@
+"""`ovllm operator`: run the operator. Imports kopf only when it runs, so `ovllm --help` needs none of it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "operator",
+        help="run the Kubernetes operator that reconciles OVLLMDeployment resources",
+        description="Reconcile OVLLMDeployment resources into engine Deployments, Services, conversion Jobs "
+        "and status. Several replicas may run: kopf peering keeps one active (the highest --priority).",
+    )
+    parser.add_argument("--namespace", "-n", action="append", default=[],
+                        help="watch only this namespace (repeat for more; default every namespace)")
+    parser.add_argument("--liveness-port", type=int, default=8080,
+                        help="serve GET /healthz on this port for the liveness probe (0: none)")
+    parser.add_argument("--peering", default="ovllm-operator",
+                        help="peering object shared by the replicas (ClusterKopfPeering or KopfPeering)")
+    parser.add_argument("--standalone", action="store_true", help="no peering: this replica always works")
+    parser.add_argument("--priority", type=int, default=0, help="among peers, the highest priority works")
+    parser.add_argument("--resync-seconds", type=float, default=10.0,
+                        help="re-check every resource this often (finished Jobs, ready pods, drift)")
+    parser.add_argument("--log-format", choices=["json", "plain", "full"], default="json",
+                        help="json: one JSON object per line, for log collectors")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import logging
+
+    os.environ["OVLLM_RESYNC_SECONDS"] = str(args.resync_seconds)  # read when handlers register
+    import kopf
+
+    from ovllm_operator import handlers  # noqa: F401 (registers the handlers)
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):  # `ovllm` set up plain logging; kopf's format replaces it
+        root.removeHandler(handler)
+    kopf.configure(
+        log_format={"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL}[
+            args.log_format],
+        verbose=logging.getLogger().level <= logging.DEBUG,
+    )
+    liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        standalone=args.standalone,
+        priority=args.priority,
+        peering_name=None if args.standalone else args.peering,
+        liveness_endpoint=liveness,
+    )
+    return 0

@@ -1,0 +1,145 @@
+"""One reconcile of one OVLLMDeployment: build the desired children (builders.py), apply them
+(kube.py), read back what exists, and return the status (status.py).
+
+The same function serves creation, updates, the operator's restart and the periodic resync: it
+looks only at the resource and the cluster, never at what happened before, so running it again is
+always safe and an unchanged resource writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from kubernetes.client.exceptions import ApiException
+
+from ovllm_operator import builders, names, status
+from ovllm_operator.kube import SERVICE_MONITOR_CRD, Applied, Kube
+from ovllm_operator.spec import SpecError
+
+log = logging.getLogger(__name__)
+
+# emit(type, reason, message): an Event on the resource.
+Emit = Callable[[str, str, str], None]
+
+
+def reconcile(body: Mapping, kube: Kube, emit: Emit) -> dict:
+    """Bring the children in line with the spec; return the status to write."""
+    metadata = body["metadata"]
+    name, namespace = metadata["name"], metadata["namespace"]
+    previous = dict(body.get("status") or {})
+    observed = status.Observed(
+        generation=metadata.get("generation", 0),
+        replicas=(body.get("spec") or {}).get("replicas") or 0,
+        selector=names.selector_string(name),
+    )
+    try:
+        resource = builders.Resource.from_body(body)
+        builders.check_memory(resource)
+        builders.engine_env(resource)  # refuses contract variables in extraEnv
+    except SpecError as exc:
+        observed.spec_error = str(exc)
+        return _finish(observed, previous, [], emit)
+
+    spec = resource.spec
+    plan = builders.model_plan(resource)
+    observed.model = spec.model.source
+    observed.endpoint = names.endpoint(name, namespace, spec.service.port)
+    observed.wanted_path = plan.serve_path
+    observed.conversion = "job" if plan.uses_job else "pod" if plan.convert_in_pod else "image"
+    observed.problems = missing_secrets(resource, kube)
+
+    applied = [kube.apply(builders.service(resource))]
+    applied += sync_optional(kube, resource, builders.pod_disruption_budget(resource), "policy/v1",
+                             "PodDisruptionBudget")
+    if kube.crd_established(SERVICE_MONITOR_CRD):
+        applied += sync_optional(kube, resource, builders.service_monitor(resource), "monitoring.coreos.com/v1",
+                                 "ServiceMonitor")
+    if claim := builders.cache_claim(resource):
+        applied.append(kube.create_if_absent(claim))
+
+    current = kube.get("apps/v1", "Deployment", namespace, name)
+    serve_path = plan.serve_path
+    if plan.uses_job:
+        job = kube.create_if_absent(builders.conversion_job(resource))
+        applied.append(job)
+        observed.job = status.job_state(job.object)
+        if observed.job.state == "succeeded":
+            remove_other_jobs(kube, resource, keep=observed.job.name)
+        else:
+            # Until the new conversion is done, the pods keep serving the last converted model.
+            serve_path = serving_path(current)
+    if serve_path:
+        deployment = kube.apply(builders.deployment(resource, serve_path))
+        applied.append(deployment)
+        current = deployment.object
+    observed.deployment = current
+    observed.model_path = serve_path
+    return _finish(observed, previous, applied, emit)
+
+
+def _finish(observed: status.Observed, previous: dict, applied: list[Applied], emit: Emit) -> dict:
+    new = status.compute(observed, previous)
+    for item in applied:
+        if item.action != "unchanged":
+            kind, child = item.object["kind"], item.object["metadata"]["name"]
+            emit("Normal", item.action.capitalize(), f"{kind} {child} {item.action}")
+    for condition in status.transitions(previous, new):
+        emit("Warning" if status.is_warning(condition) else "Normal", condition["reason"],
+             f"{condition['type']}={condition['status']}: {condition['message']}")
+    return new
+
+
+def serving_path(deployment: dict | None) -> str | None:
+    """The model directory a Deployment's engine serves (the argument after `serve`)."""
+    if not deployment:
+        return None
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        if container["name"] == "engine":
+            return container["args"][1]
+    return None
+
+
+def sync_optional(kube: Kube, resource: builders.Resource, body: dict | None, api_version: str,
+                  kind: str) -> list[Applied]:
+    """Apply a child the spec asks for; delete ours when the spec no longer asks for it."""
+    if body is not None:
+        return [kube.apply(body)]
+    existing = kube.get(api_version, kind, resource.namespace, resource.name)
+    if existing and _owned_by(existing, resource):
+        kube.delete(api_version, kind, resource.namespace, resource.name)
+        return [Applied(existing, "deleted")]
+    return []
+
+
+def remove_other_jobs(kube: Kube, resource: builders.Resource, keep: str) -> None:
+    """Older conversion Jobs of this resource, once a newer one succeeded."""
+    selector = ",".join(f"{k}={v}" for k, v in names.labels(resource.name, "converter").items())
+    for job in kube.list("batch/v1", "Job", resource.namespace, selector):
+        if job["metadata"]["name"] != keep and _owned_by(job, resource):
+            kube.delete("batch/v1", "Job", resource.namespace, job["metadata"]["name"])
+
+
+def missing_secrets(resource: builders.Resource, kube: Kube) -> list[str]:
+    """Secrets the spec names that do not exist: pods would never start, so say which."""
+    spec, problems = resource.spec, []
+    refs = [("spec.apiKeySecretRef", spec.api_key_secret_ref), ("spec.model.hubTokenSecretRef",
+                                                                spec.model.hub_token_secret_ref)]
+    for field, ref in refs:
+        if ref is None:
+            continue
+        try:
+            secret = kube.get("v1", "Secret", resource.namespace, ref.name)
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            continue  # not allowed to read Secrets here: the pods will tell
+        if secret is None:
+            problems.append(f"{field}: Secret {ref.name} does not exist")
+        elif ref.key not in (secret.get("data") or {}):
+            problems.append(f"{field}: Secret {ref.name} has no key {ref.key}")
+    return problems
+
+
+def _owned_by(obj: dict, resource: builders.Resource) -> bool:
+    return any(ref.get("uid") == resource.uid for ref in obj["metadata"].get("ownerReferences") or [])

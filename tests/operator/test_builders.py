@@ -1,0 +1,250 @@
+"""The pure builders: what each spec turns into, without a cluster."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from ovllm_operator import builders, names, sizing
+from ovllm_operator.builders import Resource
+from ovllm_operator.isa import NFD_PREFIX, merge_affinity
+from ovllm_operator.spec import SpecError, parameters_from_name
+
+
+def make(spec: dict, name: str = "chat", namespace: str = "team-a") -> Resource:
+    return Resource.from_body({"metadata": {"name": name, "namespace": namespace, "uid": "uid-1"}, "spec": spec})
+
+
+HUB = {"model": {"hub": "Qwen/Qwen2.5-0.5B-Instruct"}}
+
+
+def engine_container(deployment: dict) -> dict:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def env_values(container: dict) -> dict:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
+
+
+def test_engine_env_is_the_contract_from_the_spec_exactly():
+    resource = make({**HUB, "engine": {"kvCacheSpaceGiB": 12, "kvCachePrecision": "f16"}, "cpu": {"cores": 6}})
+    env = env_values(engine_container(builders.deployment(resource)))
+    assert env == {
+        "VLLM_OPENVINO_KVCACHE_SPACE": "12",
+        "VLLM_OPENVINO_CPU_KV_CACHE_PRECISION": "f16",
+        "VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS": "ON",
+        "OVLLM_INFERENCE_THREADS": "6",
+        "HF_HOME": "/cache/huggingface",
+        "HOME": "/tmp",
+    }
+
+
+@pytest.mark.parametrize(("weight_format", "switch", "flags"), [
+    ("int8", "ON", []), ("int4", "OFF", ["--weight-format", "int4"]), ("fp16", "OFF", ["--weight-format", "fp16"]),
+])
+def test_weight_format_travels_as_the_env_switch_or_a_flag(weight_format, switch, flags):
+    resource = make({"model": {"hub": "Qwen/Qwen2.5-7B-Instruct", "weightFormat": weight_format,
+                               "revision": "v1"}})
+    container = engine_container(builders.deployment(resource))
+    assert env_values(container)["VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS"] == switch
+    # Without a model cache each pod converts for itself: the flags go on its command line.
+    assert container["args"][-len(flags) - 2:] == [*flags, "--revision", "v1"]
+
+
+def test_engine_args_carry_the_batching_settings_and_extra_args():
+    resource = make({**HUB, "model": {**HUB["model"], "servedModelName": "qwen"},
+                     "engine": {"maxNumSeqs": 32, "maxNumBatchedTokens": 1024, "maxModelLen": 4096,
+                                "enablePrefixCaching": False, "extraArgs": ["--max-request-mb=8"]}})
+    args = engine_container(builders.deployment(resource))["args"]
+    assert args[:2] == ["serve", "Qwen/Qwen2.5-0.5B-Instruct"]
+    for pair in (["--served-model-name", "qwen"], ["--max-num-seqs", "32"], ["--max-num-batched-tokens", "1024"],
+                 ["--max-model-len", "4096"], ["--port", "8000"]):
+        index = args.index(pair[0])
+        assert args[index:index + 2] == pair
+    assert "--no-enable-prefix-caching" in args and "--enable-chunked-prefill" in args
+    assert args[-1] == "--max-request-mb=8"
+
+
+def test_resources_are_guaranteed_cores_and_estimated_memory():
+    resource = make({**HUB, "engine": {"kvCacheSpaceGiB": 8}, "cpu": {"cores": 4}})
+    resources = engine_container(builders.deployment(resource))["resources"]
+    # 0.5B int8 weights (~0.5 GiB) + 8 GiB KV + 2 GiB overhead, rounded up.
+    assert resources == {"requests": {"cpu": "4", "memory": "11Gi"}, "limits": {"cpu": "4", "memory": "11Gi"}}
+    given = make({**HUB, "cpu": {"memory": "24Gi"}})
+    assert engine_container(builders.deployment(given))["resources"]["limits"]["memory"] == "24Gi"
+
+
+def test_memory_estimate_follows_size_and_weight_format():
+    int4 = make({"model": {"hub": "Qwen/Qwen2.5-7B-Instruct", "weightFormat": "int4"}})
+    fp16 = make({"model": {"hub": "Qwen/Qwen2.5-7B-Instruct", "weightFormat": "fp16"}})
+    assert sizing.engine_memory(int4.spec) == "10Gi"  # 7e9 * 0.6 B = 3.9 GiB + 4 + 2
+    assert sizing.engine_memory(fp16.spec) == "20Gi"  # 7e9 * 2 B = 13.04 GiB + 4 + 2
+    hinted = make({"model": {"imagePath": "/opt/model", "parametersBillions": 1.5}})
+    assert sizing.parameters_billions(hinted.spec) == 1.5
+    unknown = make({"model": {"imagePath": "/opt/model"}})
+    assert sizing.engine_memory(unknown.spec) == "14Gi"  # the 8 GiB guess + 4 + 2
+
+
+@pytest.mark.parametrize(("name", "billions"), [
+    ("Qwen/Qwen2.5-0.5B-Instruct", 0.5), ("meta-llama/Llama-3.1-8B", 8), ("mistralai/Mixtral-8x7B-v0.1", 56),
+    ("OpenVINO/Qwen2-1.5B-Instruct-int4-ov", 1.5), ("openai-community/gpt2", None),
+])
+def test_parameters_from_name(name, billions):
+    assert parameters_from_name(name) == billions
+
+
+def test_memory_below_the_kv_cache_is_reported_not_built():
+    resource = make({**HUB, "engine": {"kvCacheSpaceGiB": 16}, "cpu": {"memory": "8Gi"}})
+    with pytest.raises(SpecError, match=r"spec.cpu.memory: 8Gi cannot hold spec.engine.kvCacheSpaceGiB=16"):
+        builders.check_memory(resource)
+
+
+@pytest.mark.parametrize(("isa", "features"), [
+    ("avx2", ["AVX2"]),
+    ("avx512", ["AVX2", "AVX512F", "AVX512BW", "AVX512VL"]),
+    ("amx", ["AVX2", "AVX512F", "AVX512BW", "AVX512VL", "AMXTILE", "AMXBF16"]),
+])
+def test_min_isa_is_required_node_affinity_on_nfd_labels(isa, features):
+    pod = builders.deployment(make({**HUB, "cpu": {"minISA": isa}}))["spec"]["template"]["spec"]
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [
+        {"key": f"{NFD_PREFIX}{feature}", "operator": "In", "values": ["true"]} for feature in features]
+
+
+def test_user_affinity_is_merged_never_replaced():
+    user = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]},
+            ]},
+            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "preference": {"matchExpressions": [
+                {"key": "disk", "operator": "In", "values": ["ssd"]}]}}],
+        },
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []},
+    }
+    original = copy.deepcopy(user)
+    merged = merge_affinity(user, "avx512")
+    assert user == original  # the spec is not modified
+    terms = merged["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    # Terms are ORed: each one keeps the user's expression and gains the ISA ones.
+    assert [t["matchExpressions"][0]["values"] for t in terms] == [["a"], ["b"]]
+    for term in terms:
+        assert {e["key"] for e in term["matchExpressions"][1:]} == {
+            f"{NFD_PREFIX}{f}" for f in ("AVX2", "AVX512F", "AVX512BW", "AVX512VL")}
+    assert merged["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] == \
+        original["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert merged["podAntiAffinity"] == original["podAntiAffinity"]
+
+
+def test_pod_is_locked_down_and_probed():
+    deployment = builders.deployment(make(HUB))
+    pod = deployment["spec"]["template"]["spec"]
+    container = engine_container(deployment)
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    # A pod that downloads and converts for itself gets two hours before liveness applies.
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 2 * 3600
+    cached = engine_container(builders.deployment(make({**HUB, "modelCache": {}})))["startupProbe"]
+    assert 20 * 60 <= cached["periodSeconds"] * cached["failureThreshold"] < 2 * 3600
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+
+
+def test_model_cache_means_one_conversion_job_and_pods_reading_its_output():
+    resource = make({**HUB, "modelCache": {"size": "30Gi", "storageClassName": "nfs"}})
+    job = builders.conversion_job(resource)
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:3] == ["convert", "Qwen/Qwen2.5-0.5B-Instruct", "--output"]
+    output = args[3]
+    assert output.startswith("/models/Qwen2.5-0.5B-Instruct--int8--")
+    container = engine_container(builders.deployment(resource))
+    assert container["args"][1] == output
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
+    claim = builders.cache_claim(resource)
+    assert claim["metadata"]["name"] == "chat-model-cache"
+    assert claim["spec"] == {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "30Gi"}},
+                             "storageClassName": "nfs"}
+    # A new model (or weight format) is a new Job and a new directory; the same spec the same ones.
+    int4 = make({**HUB, "model": {**HUB["model"], "weightFormat": "int4"}, "modelCache": {}})
+    assert builders.conversion_job(int4)["metadata"]["name"] != job["metadata"]["name"]
+    assert builders.model_plan(int4).serve_path != output
+    assert builders.conversion_job(resource) == job
+    assert len(job["metadata"]["name"]) <= 63
+
+
+def test_image_models_are_served_as_they_are():
+    resource = make({"model": {"imagePath": "/opt/models/qwen-ov"}})
+    assert builders.conversion_job(resource) is None
+    assert builders.cache_claim(resource) is None
+    assert engine_container(builders.deployment(resource))["args"][1] == "/opt/models/qwen-ov"
+
+
+def test_pvc_source_is_mounted_read_only():
+    resource = make({"model": {"pvc": {"claimName": "weights", "path": "llama/8b"}}, "modelCache": {}})
+    job = builders.conversion_job(resource)
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][1] == "/source/llama/8b"
+    assert {"name": "source", "persistentVolumeClaim": {"claimName": "weights", "readOnly": True}} in \
+        job["spec"]["template"]["spec"]["volumes"]
+
+
+def test_service_endpoint_and_children_are_owned():
+    resource = make({**HUB, "service": {"port": 80, "type": "NodePort", "annotations": {"a": "b"}}})
+    svc = builders.service(resource)
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert svc["metadata"]["annotations"] == {"a": "b"}
+    assert names.endpoint("chat", "team-a", 80) == "http://chat.team-a.svc:80/v1"
+    for child in (svc, builders.deployment(resource), builders.service_monitor(resource)):
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert owner["kind"] == "OVLLMDeployment" and owner["uid"] == "uid-1" and owner["controller"] is True
+
+
+def test_service_annotations_do_not_touch_the_pod_template():
+    before = builders.deployment(make(HUB))
+    after = builders.deployment(make({**HUB, "service": {"annotations": {"team": "x"}}}))
+    assert before == after
+    assert builders.deployment(make({**HUB, "engine": {"kvCacheSpaceGiB": 6}})) != before
+
+
+def test_api_key_and_hub_token_come_from_secrets():
+    resource = make({"model": {**HUB["model"], "hubTokenSecretRef": {"name": "hf", "key": "token"}},
+                     "apiKeySecretRef": {"name": "keys", "key": "api-key"}})
+    env = env_values(engine_container(builders.deployment(resource)))
+    assert env["VLLM_API_KEY"] == {"secretKeyRef": {"name": "keys", "key": "api-key"}}
+    assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+
+
+def test_extra_env_may_not_override_the_contract():
+    resource = make({**HUB, "engine": {"extraEnv": [{"name": "VLLM_OPENVINO_KVCACHE_SPACE", "value": "99"}]}})
+    with pytest.raises(SpecError, match="spec.engine.extraEnv: VLLM_OPENVINO_KVCACHE_SPACE"):
+        builders.engine_env(resource)
+    other = make({**HUB, "engine": {"extraEnv": [{"name": "HOME", "value": "/data"}, {"name": "X", "value": "1"}]}})
+    env = env_values(engine_container(builders.deployment(other)))
+    assert env["HOME"] == "/data" and env["X"] == "1"
+
+
+def test_pdb_and_service_monitor():
+    assert builders.pod_disruption_budget(make(HUB)) is None
+    pdb = builders.pod_disruption_budget(make({**HUB, "podDisruptionBudget": {"maxUnavailable": 1}}))
+    assert pdb["spec"] == {"selector": {"matchLabels": names.selector_labels("chat")}, "maxUnavailable": 1}
+    monitor = builders.service_monitor(make({**HUB, "metrics": {"serviceMonitorLabels": {"release": "prom"}}}))
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    assert builders.service_monitor(make({**HUB, "metrics": {"enabled": False}})) is None
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"model": {}}, "spec.model: Value error, set exactly one source"),
+    ({"model": {"hub": "a/b", "imagePath": "/m"}}, "set exactly one source"),
+    ({**HUB, "engine": {"tensorParallelSize": 2}}, "spec.engine.tensorParallelSize"),
+    ({**HUB, "replicas": -1}, "spec.replicas"),
+    ({**HUB, "cpu": {"minISA": "sse4"}}, "spec.cpu.minISA"),
+    ({**HUB, "unknownField": 1}, "spec.unknownField"),
+])
+def test_invalid_specs_name_the_field(spec, message):
+    with pytest.raises(SpecError, match=message.replace(".", r"\.")):
+        make(spec)

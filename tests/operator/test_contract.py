@@ -1,0 +1,68 @@
+"""The contract between operator and engine: the pod the operator builds, read by the engine's own
+configuration code. The operator never imports the engine; this test imports both."""
+
+from __future__ import annotations
+
+import pytest
+from ovllm_engine.cli import build_parser
+from ovllm_engine.config import parse_env
+from ovllm_engine.onboard.options import resolve
+from ovllm_operator import builders
+from ovllm_operator.builders import Resource
+
+
+def engine_view(spec: dict):
+    """What `ovllm serve` in the built pod would see: its parsed flags and environment settings."""
+    resource = Resource.from_body({"metadata": {"name": "chat", "namespace": "ns", "uid": "u"}, "spec": spec})
+    (container,) = builders.deployment(resource)["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["ovllm"]
+    args = build_parser().parse_args(container["args"])
+    env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
+    return args, parse_env(env)
+
+
+@pytest.mark.parametrize(("weight_format", "kv_precision", "kv_space"), [
+    ("int8", "u8", 4), ("int4", "f16", 16), ("fp16", "bf16", 1), ("int8", "f32", 64),
+])
+def test_engine_sees_the_kv_space_precision_and_quantization_asked_for(weight_format, kv_precision, kv_space):
+    args, settings = engine_view({
+        "model": {"hub": "Qwen/Qwen2.5-0.5B-Instruct", "weightFormat": weight_format},
+        "engine": {"kvCacheSpaceGiB": kv_space, "kvCachePrecision": kv_precision},
+        "cpu": {"cores": 3},
+    })
+    assert settings.kv_cache_space_gb == kv_space
+    assert settings.kv_cache_precision == kv_precision
+    assert settings.inference_threads == 3
+    assert resolve(args, settings).weight_format == weight_format
+
+
+def test_engine_sees_the_batching_and_model_settings():
+    args, _ = engine_view({
+        "model": {"imagePath": "/opt/models/qwen", "servedModelName": "qwen"},
+        "engine": {"maxNumSeqs": 16, "maxNumBatchedTokens": 2048, "maxModelLen": 8192,
+                   "enablePrefixCaching": False, "enableChunkedPrefill": False},
+    })
+    assert (args.model, args.served_model_name, args.port) == ("/opt/models/qwen", "qwen", 8000)
+    assert (args.max_num_seqs, args.max_num_batched_tokens, args.max_model_len) == (16, 2048, 8192)
+    assert args.enable_prefix_caching is False and args.enable_chunked_prefill is False
+
+
+def test_the_conversion_job_asks_for_the_same_weights():
+    resource = Resource.from_body({"metadata": {"name": "c", "namespace": "ns", "uid": "u"}, "spec": {
+        "model": {"hub": "Qwen/Qwen2.5-7B-Instruct", "weightFormat": "int4", "revision": "abc"}, "modelCache": {}}})
+    (container,) = builders.conversion_job(resource)["spec"]["template"]["spec"]["containers"]
+    args = build_parser().parse_args(container["args"])
+    settings = parse_env({item["name"]: item["value"] for item in container["env"] if "value" in item})
+    assert (args.model, args.revision) == ("Qwen/Qwen2.5-7B-Instruct", "abc")
+    assert resolve(args, settings).weight_format == "int4"
+    assert str(args.output) == builders.model_plan(resource).serve_path
+
+
+def test_operator_names_the_engine_contract_variables():
+    from ovllm_engine import config
+
+    assert builders.KVCACHE_SPACE == config.KVCACHE_SPACE
+    assert builders.KV_CACHE_PRECISION == config.KV_CACHE_PRECISION
+    assert builders.QUANTIZED_WEIGHTS == config.QUANTIZED_WEIGHTS
+    assert builders.INFERENCE_THREADS == config.INFERENCE_THREADS
+    assert builders.API_KEY == config.API_KEY
