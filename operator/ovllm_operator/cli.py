@@ -44,6 +44,10 @@ def _run(args: argparse.Namespace) -> int:
             args.log_format],
         verbose=logging.getLogger().level <= logging.DEBUG,
     )
+    if not args.standalone:
+        from ovllm_operator import peering
+
+        peering.ensure_peering(handlers.custom_objects_api(), args.peering, args.namespace)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     kopf.run(
         clusterwide=not args.namespace,

@@ -38,17 +38,27 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.execution.max_workers = int(os.environ.get("OVLLM_OPERATOR_WORKERS", "8"))
 
 
+def _load_config() -> None:
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
 def _client() -> Kube:
     global _kube
     if _kube is None:
-        from kubernetes import config
-
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
+        _load_config()
         _kube = Kube()
     return _kube
+
+
+def custom_objects_api():
+    from kubernetes.client import CustomObjectsApi
+
+    return CustomObjectsApi(_client().api_client)
 
 
 def _run(body: kopf.Body, patch: kopf.Patch) -> None:

@@ -24,8 +24,11 @@ def selector_labels(name: str) -> dict[str, str]:
 
 
 def labels(name: str, component: str = "engine") -> dict[str, str]:
+    """Labels of a child. Only the engine's carry the engine selector: a conversion pod must never
+    count as a replica, nor receive traffic from the Service."""
     return {
-        **selector_labels(name),
+        "app.kubernetes.io/name": f"ovllm-{component}",
+        "app.kubernetes.io/instance": name,
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/managed-by": FIELD_MANAGER,
     }

@@ -39,6 +39,8 @@ def reconcile(body: Mapping, kube: Kube, emit: Emit) -> dict:
         builders.engine_env(resource)  # refuses contract variables in extraEnv
     except SpecError as exc:
         observed.spec_error = str(exc)
+        raw = (body.get("spec") or {}).get("model") or {}
+        observed.model = str(raw.get("hub") or raw.get("imagePath") or (raw.get("pvc") or {}).get("claimName") or "")
         return _finish(observed, previous, [], emit)
 
     spec = resource.spec
@@ -64,6 +66,7 @@ def reconcile(body: Mapping, kube: Kube, emit: Emit) -> dict:
         job = kube.create_if_absent(builders.conversion_job(resource))
         applied.append(job)
         observed.job = status.job_state(job.object)
+        observed.job_pods_waiting = unschedulable(kube, namespace, f"job-name={observed.job.name}")
         if observed.job.state == "succeeded":
             remove_other_jobs(kube, resource, keep=observed.job.name)
         else:
@@ -75,6 +78,8 @@ def reconcile(body: Mapping, kube: Kube, emit: Emit) -> dict:
         current = deployment.object
     observed.deployment = current
     observed.model_path = serve_path
+    if current is not None:
+        observed.engine_pods_waiting = unschedulable(kube, namespace, names.selector_string(name))
     return _finish(observed, previous, applied, emit)
 
 
@@ -114,10 +119,21 @@ def sync_optional(kube: Kube, resource: builders.Resource, body: dict | None, ap
 
 def remove_other_jobs(kube: Kube, resource: builders.Resource, keep: str) -> None:
     """Older conversion Jobs of this resource, once a newer one succeeded."""
-    selector = ",".join(f"{k}={v}" for k, v in names.labels(resource.name, "converter").items())
+    selector = f"app.kubernetes.io/instance={resource.name},app.kubernetes.io/component=converter"
     for job in kube.list("batch/v1", "Job", resource.namespace, selector):
         if job["metadata"]["name"] != keep and _owned_by(job, resource):
             kube.delete("batch/v1", "Job", resource.namespace, job["metadata"]["name"])
+
+
+def unschedulable(kube: Kube, namespace: str, selector: str) -> list[str]:
+    """The scheduler's reason for each pod it cannot place (no node with the ISA, too little memory,
+    an unbound claim): the one thing a person needs to read when nothing starts."""
+    waiting = []
+    for pod in kube.list("v1", "Pod", namespace, selector):
+        for condition in (pod.get("status") or {}).get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                waiting.append(f"pod {pod['metadata']['name']} cannot be scheduled: {condition.get('message', '')}")
+    return waiting
 
 
 def missing_secrets(resource: builders.Resource, kube: Kube) -> list[str]:

@@ -17,8 +17,8 @@ ENGINE_OVERHEAD_GIB = 2.0
 # Conversion loads the source weights (up to fp32) in torch and writes IR beside them.
 CONVERTER_BYTES_PER_PARAMETER = 4.5
 CONVERTER_OVERHEAD_GIB = 3.0
-# When a model's size is not in its name and not given: a 7B-class int8 model's weights.
-UNKNOWN_WEIGHTS_GIB = 8.0
+# When a model's size is neither given nor written in its name: assume the common 7B class.
+UNKNOWN_PARAMETERS_BILLIONS = 7.0
 
 _UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
@@ -45,9 +45,7 @@ def parameters_billions(spec: OVLLMDeploymentSpec) -> float | None:
 
 
 def weights_gib(spec: OVLLMDeploymentSpec) -> float:
-    params = parameters_billions(spec)
-    if params is None:
-        return UNKNOWN_WEIGHTS_GIB
+    params = parameters_billions(spec) or UNKNOWN_PARAMETERS_BILLIONS
     return params * 1e9 * BYTES_PER_PARAMETER[spec.model.weight_format] / 2**30
 
 
@@ -66,6 +64,5 @@ def minimum_engine_gib(spec: OVLLMDeploymentSpec) -> float:
 def converter_memory(spec: OVLLMDeploymentSpec) -> str:
     if spec.model_cache and spec.model_cache.converter_memory:
         return spec.model_cache.converter_memory
-    params = parameters_billions(spec)
-    weights = UNKNOWN_WEIGHTS_GIB * 4 if params is None else params * 1e9 * CONVERTER_BYTES_PER_PARAMETER / 2**30
-    return gib(weights + CONVERTER_OVERHEAD_GIB)
+    params = parameters_billions(spec) or UNKNOWN_PARAMETERS_BILLIONS
+    return gib(params * 1e9 * CONVERTER_BYTES_PER_PARAMETER / 2**30 + CONVERTER_OVERHEAD_GIB)

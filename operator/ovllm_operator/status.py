@@ -36,6 +36,8 @@ class Observed:
     endpoint: str = ""
     selector: str = ""
     problems: list[str] = field(default_factory=list)  # e.g. a missing Secret
+    job_pods_waiting: list[str] = field(default_factory=list)  # the scheduler's reasons
+    engine_pods_waiting: list[str] = field(default_factory=list)
 
 
 def job_state(job: dict) -> JobState:
@@ -92,8 +94,10 @@ def conditions(observed: Observed) -> list[dict]:
                                           f"each pod downloads and converts {observed.model} itself "
                                           "(no spec.modelCache)"))
     elif job is None or job.state == "running":
+        waiting = "; ".join(observed.job_pods_waiting)
         model = _condition("ModelReady", False, "Converting",
-                           f"Job {job.name if job else ''} is converting {observed.model}".replace("  ", " "))
+                           f"Job {job.name if job else ''} is converting {observed.model}".replace("  ", " ")
+                           + (f" ({waiting})" if waiting else ""))
     elif job.state == "failed":
         model = _condition("ModelReady", False, "ConversionFailed",
                            f"Job {job.name} failed ({job.reason}): {job.message}; delete the Job to retry")
@@ -107,7 +111,9 @@ def conditions(observed: Observed) -> list[dict]:
     elif ready >= 1:
         available = _condition("Available", True, "EnginesReady", f"{ready} of {wanted} engine pod(s) ready")
     else:
-        available = _condition("Available", False, "NoReadyEngines", f"0 of {wanted} engine pod(s) ready")
+        waiting = "; ".join(observed.engine_pods_waiting[:3])
+        available = _condition("Available", False, "NoReadyEngines", f"0 of {wanted} engine pod(s) ready"
+                               + (f" ({waiting})" if waiting else ""))
 
     converting = model["reason"] == "Converting"
     if converting:
@@ -127,6 +133,8 @@ def conditions(observed: Observed) -> list[dict]:
         degraded = _condition("Degraded", True, "ProgressDeadlineExceeded", deadline.get("message", ""))
     elif observed.problems:
         degraded = _condition("Degraded", True, "MissingReference", "; ".join(observed.problems))
+    elif observed.engine_pods_waiting:
+        degraded = _condition("Degraded", True, "Unschedulable", "; ".join(observed.engine_pods_waiting[:3]))
     else:
         degraded = _condition("Degraded", False, "AsExpected", "nothing is wrong")
     return [model, available, progressing, degraded]
@@ -137,7 +145,10 @@ def phase(conds: list[dict]) -> str:
     if by_type["Degraded"]["reason"] == "InvalidSpec":
         return "Failed"
     if by_type["Degraded"]["status"] == "True":
-        return "Degraded" if by_type["Available"]["status"] == "True" else "Failed"
+        # Failed: it cannot get better without a person. Degraded: serving less, or waiting for a
+        # Secret or a node that may still come.
+        fatal = by_type["Degraded"]["reason"] in ("ConversionFailed", "ProgressDeadlineExceeded")
+        return "Failed" if fatal and by_type["Available"]["status"] != "True" else "Degraded"
     if by_type["Progressing"]["reason"] == "Converting" and by_type["Available"]["status"] != "True":
         return "Converting"
     if by_type["Progressing"]["status"] == "True":
@@ -187,4 +198,4 @@ def transitions(previous: dict | None, current: dict) -> list[dict]:
 
 def is_warning(condition: dict) -> bool:
     return (condition["type"] == "Degraded" and condition["status"] == "True") or condition["reason"] in (
-        "ConversionFailed", "NoReadyEngines")
+        "ConversionFailed",)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+
 from ovllm_operator import builders, names, sizing
 from ovllm_operator.builders import Resource
 from ovllm_operator.isa import NFD_PREFIX, merge_affinity
@@ -83,7 +84,8 @@ def test_memory_estimate_follows_size_and_weight_format():
     hinted = make({"model": {"imagePath": "/opt/model", "parametersBillions": 1.5}})
     assert sizing.parameters_billions(hinted.spec) == 1.5
     unknown = make({"model": {"imagePath": "/opt/model"}})
-    assert sizing.engine_memory(unknown.spec) == "14Gi"  # the 8 GiB guess + 4 + 2
+    assert sizing.engine_memory(unknown.spec) == "13Gi"  # assumed 7B: 6.8 GiB + 4 + 2
+    assert sizing.converter_memory(hinted.spec) == "10Gi"  # 1.5e9 * 4.5 B = 6.3 GiB + 3
 
 
 @pytest.mark.parametrize(("name", "billions"), [

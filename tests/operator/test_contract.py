@@ -4,6 +4,7 @@ configuration code. The operator never imports the engine; this test imports bot
 from __future__ import annotations
 
 import pytest
+
 from ovllm_engine.cli import build_parser
 from ovllm_engine.config import parse_env
 from ovllm_engine.onboard.options import resolve

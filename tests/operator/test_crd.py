@@ -8,9 +8,10 @@ import typing
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel
+
 from ovllm_operator import names
 from ovllm_operator.spec import OVLLMDeploymentSpec
-from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "ovllm.io_ovllmdeployments.yaml").read_text())

@@ -81,6 +81,20 @@ def test_missing_secret_is_degraded():
     result = status.compute(observed(conversion="image", deployment=deployment(),
                                      problems=["spec.apiKeySecretRef: Secret keys does not exist"]), None)
     assert by_type(result)["Degraded"] == ("True", "MissingReference")
+    assert result["phase"] == "Degraded"
+
+
+def test_unschedulable_pods_say_why():
+    waiting = ["pod p cannot be scheduled: 0/5 nodes are available: 5 node(s) didn't match Pod's node affinity"]
+    result = status.compute(observed(conversion="image", deployment=deployment(ready=0), engine_pods_waiting=waiting),
+                            None)
+    conds = {c["type"]: c for c in result["conditions"]}
+    assert conds["Degraded"]["reason"] == "Unschedulable" and "node affinity" in conds["Degraded"]["message"]
+    assert "node affinity" in conds["Available"]["message"]
+    assert result["phase"] == "Degraded"
+    converting = status.compute(observed(conversion="job", job=JobState("j", "running"),
+                                         job_pods_waiting=["pod j-1 cannot be scheduled: unbound claim"]), None)
+    assert "unbound claim" in converting["conditions"][0]["message"]
 
 
 def test_scaled_to_zero_is_ready():
