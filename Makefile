@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 UV := $(BIN)/uv pip install --python $(BIN)/python -c constraints.txt
 
-.PHONY: serve test lint install-serve install-test
+.PHONY: serve test lint install-serve install-test controlplane
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,14 @@ install-test: $(BIN)/uv
 serve: install-serve
 	$(BIN)/ovllm serve
 
+# etcd, kube-apiserver, controller-manager, scheduler, kubectl and kwok for the operator's tests, built
+# from upstream Go modules into ~/.cache/ovllm/controlplane (needs Go; minutes cold, a second warm).
+controlplane: $(BIN)/uv
+	$(BIN)/python hack/controlplane.py install
+
 lint: install-test
 	$(BIN)/ruff check .
 
 # The whole suite. Under CI=true a missing prerequisite fails its test instead of skipping it.
-test: install-test lint
+test: install-test lint controlplane
 	$(BIN)/python -m pytest

@@ -48,6 +48,8 @@ def _run(args: argparse.Namespace) -> int:
         from ovllm_operator import peering
 
         peering.ensure_peering(handlers.custom_objects_api(), args.peering, args.namespace)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_quiet_resync)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     kopf.run(
         clusterwide=not args.namespace,
@@ -58,3 +60,9 @@ def _run(args: argparse.Namespace) -> int:
         liveness_endpoint=liveness,
     )
     return 0
+
+
+def _quiet_resync(record) -> bool:
+    """Drop kopf's line for every successful resync (one per resource every few seconds); changes
+    are logged, and posted as Events, by the reconcile itself."""
+    return not str(record.msg).startswith("Timer 'resync' succeeded")

@@ -88,6 +88,7 @@ def _finish(observed: status.Observed, previous: dict, applied: list[Applied], e
     for item in applied:
         if item.action != "unchanged":
             kind, child = item.object["kind"], item.object["metadata"]["name"]
+            log.info("%s %s/%s %s", kind, item.object["metadata"]["namespace"], child, item.action)
             emit("Normal", item.action.capitalize(), f"{kind} {child} {item.action}")
     for condition in status.transitions(previous, new):
         emit("Warning" if status.is_warning(condition) else "Normal", condition["reason"],

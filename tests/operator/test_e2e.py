@@ -459,3 +459,22 @@ def test_no_node_with_the_isa_means_pending_pods_and_a_status_that_says_why(api,
     assert "node affinity" in conditions(obj)["Degraded"]["message"]
     assert obj["status"]["phase"] == "Degraded"
     assert all(pod.spec.node_name is None for pod in engine_pods(api, namespace, "nowhere"))
+
+
+def test_a_namespace_scoped_operator_leaves_other_namespaces_alone(api, control_plane, namespace, tmp_path):
+    other = f"{namespace}-other"
+    api.core.create_namespace({"metadata": {"name": other}})
+    scoped = Operator(control_plane.kubeconfig, tmp_path / "scoped.log", "--namespace", namespace)
+    try:
+        create(api, other, "outside", {"model": {"imagePath": "/opt/models/qwen"}, "cpu": {"memory": "8Gi"}})
+        create(api, namespace, "inside", {"model": {"imagePath": "/opt/models/qwen"}, "cpu": {"memory": "8Gi"}})
+        wait_phase(api, namespace, "inside", "Ready")
+        # Its peering object is a namespaced KopfPeering, made by the operator itself.
+        api.custom.get_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", scoped.peering)
+        time.sleep(RESYNC * 2)
+        assert "status" not in resource(api, other, "outside")
+        with pytest.raises(ApiException):
+            api.apps.read_namespaced_deployment("outside", other)
+    finally:
+        scoped.stop()
+        api.core.delete_namespace(other)
