@@ -20,10 +20,11 @@ install-test: $(BIN)/uv
 serve: install-serve
 	$(BIN)/ovllm serve
 
-# etcd, kube-apiserver, controller-manager, scheduler, kubectl and kwok for the operator's tests, built
-# from upstream Go modules into ~/.cache/ovllm/controlplane (needs Go; minutes cold, a second warm).
+# etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok and helm for the operator's and
+# the chart's tests, built from upstream Go modules into ~/.cache/ovllm/controlplane (needs Go;
+# about 10 minutes cold, a second warm).
 controlplane: $(BIN)/uv
-	$(BIN)/python hack/controlplane.py install
+	$(BIN)/python hack/controlplane.py install --helm
 
 lint: install-test
 	$(BIN)/ruff check .

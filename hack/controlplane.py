@@ -54,7 +54,7 @@ NODES: dict[str, tuple[str, ...]] = {
     "amx-a": tuple(NFD_CPUID + f for f in _AMX),
     "plain-a": (),
 }
-NODE_RESOURCES = {"cpu": "8", "memory": "32Gi", "pods": "110"}
+NODE_RESOURCES = {"cpu": "32", "memory": "128Gi", "pods": "110"}  # a modest Xeon server
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 
 TOKEN = "admin-token"  # static token of a system:masters user; loopback-only test clusters

@@ -17,6 +17,8 @@ def add_parser(subparsers) -> None:
                         help="watch only this namespace (repeat for more; default every namespace)")
     parser.add_argument("--liveness-port", type=int, default=8080,
                         help="serve GET /healthz on this port for the liveness probe (0: none)")
+    parser.add_argument("--metrics-port", type=int, default=8081,
+                        help="serve the operator's own Prometheus metrics on this port (0: none)")
     parser.add_argument("--peering", default="ovllm-operator",
                         help="peering object shared by the replicas (ClusterKopfPeering or KopfPeering)")
     parser.add_argument("--standalone", action="store_true", help="no peering: this replica always works")
@@ -50,6 +52,10 @@ def _run(args: argparse.Namespace) -> int:
         peering.ensure_peering(handlers.custom_objects_api(), args.peering, args.namespace)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_resync)
+    if args.metrics_port:
+        import prometheus_client
+
+        prometheus_client.start_http_server(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     kopf.run(
         clusterwide=not args.namespace,

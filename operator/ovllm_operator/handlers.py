@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import defaultdict
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from ovllm_operator import names
+from ovllm_operator import metrics, names
 from ovllm_operator.kube import Kube
 from ovllm_operator.reconcile import reconcile
 
@@ -35,6 +36,9 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
         prefix=names.GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
+    # A cluster-wide operator watches CRDs to notice its own being installed later; one restricted to
+    # namespaces has only Roles there (no cluster-wide rights) and relies on discovery at startup.
+    settings.scanning.disabled = not settings.peering.clusterwide
     settings.execution.max_workers = int(os.environ.get("OVLLM_OPERATOR_WORKERS", "8"))
 
 
@@ -61,14 +65,21 @@ def custom_objects_api():
     return CustomObjectsApi(_client().api_client)
 
 
-def _run(body: kopf.Body, patch: kopf.Patch) -> None:
+def _run(body: kopf.Body, patch: kopf.Patch, trigger: str) -> None:
+    started = time.monotonic()
     with _locks[body["metadata"]["uid"]]:
         try:
             new = reconcile(body, _client(), lambda type_, reason, message: kopf.event(
                 body, type=type_, reason=reason, message=message))
         except ApiException as exc:
+            metrics.RECONCILES.labels(trigger, "error").inc()
             # The API server is briefly unavailable, or a write conflicted: try again soon.
             raise kopf.TemporaryError(f"Kubernetes API: {exc.status} {exc.reason}", delay=5) from exc
+        except Exception:
+            metrics.RECONCILES.labels(trigger, "error").inc()
+            raise
+    metrics.RECONCILES.labels(trigger, "ok").inc()
+    metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
     old = dict(body.get("status") or {})
     for key, value in new.items():
         if old.get(key) != value:
@@ -78,10 +89,10 @@ def _run(body: kopf.Body, patch: kopf.Patch) -> None:
 @kopf.on.resume(names.GROUP, names.VERSION, names.PLURAL)
 @kopf.on.create(names.GROUP, names.VERSION, names.PLURAL)
 @kopf.on.update(names.GROUP, names.VERSION, names.PLURAL)
-def on_change(body: kopf.Body, patch: kopf.Patch, **_) -> None:
-    _run(body, patch)
+def on_change(body: kopf.Body, patch: kopf.Patch, reason: str, **_) -> None:
+    _run(body, patch, str(reason))
 
 
 @kopf.timer(names.GROUP, names.VERSION, names.PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 def resync(body: kopf.Body, patch: kopf.Patch, **_) -> None:
-    _run(body, patch)
+    _run(body, patch, "resync")

@@ -19,8 +19,6 @@ from ovllm_operator.names import FIELD_MANAGER
 
 log = logging.getLogger(__name__)
 
-SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
-
 
 @dataclass(frozen=True)
 class Applied:
@@ -34,7 +32,7 @@ class Kube:
     def __init__(self, api_client: k8s.ApiClient | None = None):
         self.api_client = api_client or k8s.ApiClient()
         self.dynamic = DynamicClient(self.api_client)
-        self._crd_checked: dict[str, tuple[float, bool]] = {}
+        self._served: dict[str, tuple[float, bool]] = {}
 
     def _resource(self, api_version: str, kind: str):
         return self.dynamic.resources.get(api_version=api_version, kind=kind)
@@ -94,21 +92,22 @@ class Kube:
             raise
         return True
 
-    def crd_established(self, name: str, cache_seconds: float = 30.0) -> bool:
-        """Whether a CRD is installed and served. Cached briefly: asked on every reconcile."""
-        now = time.monotonic()
-        checked = self._crd_checked.get(name)
+    def serves(self, group: str, version: str, kind: str, cache_seconds: float = 30.0) -> bool:
+        """Whether the API server serves a kind (say, ServiceMonitor once its CRD is installed).
+        Asks discovery, which every client may read, so a namespace-scoped operator needs no
+        cluster role; cached briefly, since every reconcile asks."""
+        key, now = f"{group}/{version}/{kind}", time.monotonic()
+        checked = self._served.get(key)
         if checked and now - checked[0] < cache_seconds:
             return checked[1]
         try:
-            crd = k8s.ApiextensionsV1Api(self.api_client).read_custom_resource_definition(name)
-            conditions = (crd.status.conditions or []) if crd.status else []
-            established = any(c.type == "Established" and c.status == "True" for c in conditions)
+            listing = k8s.CustomObjectsApi(self.api_client).get_api_resources(group, version)
+            served = any(resource.kind == kind for resource in listing.resources or [])
         except ApiException as exc:
-            if exc.status not in (403, 404):
+            if exc.status != 404:
                 raise
-            established = False
-        if established and not (checked and checked[1]):
-            self.dynamic.resources.invalidate_cache()  # discover the newly served kind
-        self._crd_checked[name] = (now, established)
-        return established
+            served = False
+        if served and not (checked and checked[1]):
+            self.dynamic.resources.invalidate_cache()  # the dynamic client must learn the new kind
+        self._served[key] = (now, served)
+        return served

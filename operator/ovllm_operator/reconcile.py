@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 
 from kubernetes.client.exceptions import ApiException
 
-from ovllm_operator import builders, names, status
-from ovllm_operator.kube import SERVICE_MONITOR_CRD, Applied, Kube
+from ovllm_operator import builders, metrics, names, status
+from ovllm_operator.kube import Applied, Kube
 from ovllm_operator.spec import SpecError
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def reconcile(body: Mapping, kube: Kube, emit: Emit) -> dict:
     applied = [kube.apply(builders.service(resource))]
     applied += sync_optional(kube, resource, builders.pod_disruption_budget(resource), "policy/v1",
                              "PodDisruptionBudget")
-    if kube.crd_established(SERVICE_MONITOR_CRD):
+    if kube.serves("monitoring.coreos.com", "v1", "ServiceMonitor"):
         applied += sync_optional(kube, resource, builders.service_monitor(resource), "monitoring.coreos.com/v1",
                                  "ServiceMonitor")
     if claim := builders.cache_claim(resource):
@@ -89,8 +89,10 @@ def _finish(observed: status.Observed, previous: dict, applied: list[Applied], e
         if item.action != "unchanged":
             kind, child = item.object["kind"], item.object["metadata"]["name"]
             log.info("%s %s/%s %s", kind, item.object["metadata"]["namespace"], child, item.action)
+            metrics.CHILD_CHANGES.labels(kind, item.action).inc()
             emit("Normal", item.action.capitalize(), f"{kind} {child} {item.action}")
     for condition in status.transitions(previous, new):
+        metrics.TRANSITIONS.labels(condition["type"], condition["status"], condition["reason"]).inc()
         emit("Warning" if status.is_warning(condition) else "Normal", condition["reason"],
              f"{condition['type']}={condition['status']}: {condition['message']}")
     return new

@@ -91,3 +91,58 @@ def namespace(kube, request) -> str:
             time.sleep(0.1)
     yield name
     core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def api(control_plane, kube):
+    """The CRDs installed, volumes for model caches, and the typed API clients."""
+    import yaml
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+    from operator_testing import GROUP, PLURAL, wait_for
+
+    extensions = client.ApiextensionsV1Api(kube)
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        for crd in yaml.safe_load_all(path.read_text()):
+            try:
+                extensions.create_custom_resource_definition(crd)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+
+    def established():
+        crd = extensions.read_custom_resource_definition(f"{PLURAL}.{GROUP}")
+        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+
+    wait_for("the CRD to be established", established, 30)
+
+    class Api:
+        custom = client.CustomObjectsApi(kube)
+        core = client.CoreV1Api(kube)
+        apps = client.AppsV1Api(kube)
+        batch = client.BatchV1Api(kube)
+        policy = client.PolicyV1Api(kube)
+        autoscaling = client.AutoscalingV2Api(kube)
+        ext = extensions
+
+    # Volumes for model caches: the claims the operator creates bind to them (the PV binder is real),
+    # through a default storage class as a cluster would have (examples name no class).
+    Api.storage = client.StorageV1Api(kube)
+    try:
+        Api.storage.create_storage_class({
+            "metadata": {"name": "manual", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate"})
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    for index in range(16):
+        try:
+            Api.core.create_persistent_volume({
+                "metadata": {"name": f"cache-{index}"},
+                "spec": {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteMany"],
+                         "storageClassName": "manual", "hostPath": {"path": f"/tmp/ovllm-cache-{index}"}},
+            })
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    return Api

@@ -53,7 +53,7 @@ def test_fake_nodes_are_ready_with_nfd_labels_and_no_taints(kube):
         assert all(node.metadata.labels[label] == "true" for label in features)
         assert any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
         assert not node.spec.taints
-        assert node.status.allocatable == {"cpu": "8", "memory": "32Gi", "pods": "110"}
+        assert node.status.allocatable == {"cpu": "32", "memory": "128Gi", "pods": "110"}
 
 
 def test_a_job_completes_and_a_fails_to_convert_job_fails(kube, namespace, control_plane):

@@ -5,120 +5,29 @@ Deployment and garbage collector controllers doing their real work."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
-from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from operator_testing import (
+    GROUP,
+    PLURAL,
+    RESYNC,
+    VERSION,
+    Operator,
+    conditions,
+    create,
+    engine_pods,
+    events,
+    resource,
+    wait_for,
+    wait_phase,
+)
 
 pytestmark = pytest.mark.e2e
-
-ROOT = Path(__file__).resolve().parents[2]
-GROUP, VERSION, PLURAL = "ovllm.io", "v1alpha1", "ovllmdeployments"
-NFD = "feature.node.kubernetes.io/cpu-cpuid."
-RESYNC = 2
-
-
-def wait_for(what: str, check, timeout: float = 60.0, interval: float = 0.5):
-    """Poll `check` until it returns something truthy; fail with the last value seen."""
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except ApiException as exc:
-            last = exc
-            if exc.status != 404:
-                raise
-        if last and not isinstance(last, ApiException):
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Operator:
-    """An `ovllm operator` process with its JSON log kept for assertions."""
-
-    def __init__(self, kubeconfig: Path, log_path: Path, *args: str, peering: str | None = None):
-        self.liveness_port = free_port()
-        self.log_path = log_path
-        # Its own peering object unless told otherwise: a peer left over from an earlier test (one
-        # that was killed) would otherwise make two operators of equal priority pause each other.
-        self.peering = peering or f"ovllm-test-{self.liveness_port}"
-        self._log = open(log_path, "ab")  # noqa: SIM115 (open for the process's life)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ovllm_engine.cli", "operator", "--resync-seconds", str(RESYNC),
-             "--liveness-port", str(self.liveness_port), "--peering", self.peering, "--log-format", "json", *args],
-            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(kubeconfig)},
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
-@pytest.fixture(scope="module")
-def api(control_plane, kube):
-    """The CRDs installed, and the typed API clients."""
-    extensions = client.ApiextensionsV1Api(kube)
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        for crd in yaml.safe_load_all(path.read_text()):
-            try:
-                extensions.create_custom_resource_definition(crd)
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-
-    def established():
-        crd = extensions.read_custom_resource_definition(f"{PLURAL}.{GROUP}")
-        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
-
-    wait_for("the CRD to be established", established, 30)
-
-    class Api:
-        custom = client.CustomObjectsApi(kube)
-        core = client.CoreV1Api(kube)
-        apps = client.AppsV1Api(kube)
-        batch = client.BatchV1Api(kube)
-        policy = client.PolicyV1Api(kube)
-        autoscaling = client.AutoscalingV2Api(kube)
-        ext = extensions
-
-    # A volume for model caches: the claims the operator creates bind to it (the PV binder is real).
-    for index in range(8):
-        try:
-            Api.core.create_persistent_volume({
-                "metadata": {"name": f"cache-{index}"},
-                "spec": {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteMany"],
-                         "storageClassName": "manual", "hostPath": {"path": f"/tmp/ovllm-cache-{index}"}},
-            })
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-    return Api
 
 
 @pytest.fixture
@@ -128,41 +37,6 @@ def operator(control_plane, api, tmp_path):
     yield running
     running.stop()
     print(running.log()[-6000:])
-
-
-def create(api, namespace: str, name: str, spec: dict) -> dict:
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "OVLLMDeployment",
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
-    return api.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-
-
-def resource(api, namespace: str, name: str) -> dict:
-    return api.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-
-
-def conditions(obj: dict) -> dict:
-    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
-
-
-def wait_phase(api, namespace: str, name: str, phase: str, timeout: float = 60.0) -> dict:
-    def reached():
-        obj = resource(api, namespace, name)
-        status = obj.get("status") or {}
-        if status.get("phase") == phase and status.get("observedGeneration") == obj["metadata"]["generation"]:
-            return obj
-        return None
-
-    return wait_for(f"{name} to be {phase}", reached, timeout)
-
-
-def events(api, namespace: str, name: str) -> list:
-    found = api.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
-    return [(e.type, e.reason, e.message) for e in found.items]
-
-
-def engine_pods(api, namespace: str, name: str) -> list:
-    selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/name=ovllm-engine"
-    return api.core.list_namespaced_pod(namespace, label_selector=selector).items
 
 
 CACHED = {
@@ -437,6 +311,10 @@ def test_liveness_json_logs_and_one_active_replica(api, operator, control_plane,
         create(api, namespace, "first", {"model": {"imagePath": "/opt/models/qwen"}, "cpu": {"memory": "8Gi"}})
         wait_phase(api, namespace, "first", "Ready")
         assert '"name": "first"' in operator.log() and '"name": "first"' not in standby.log()
+        with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as response:
+            exposition = response.read().decode()
+        assert 'ovllm_operator_reconciles_total{trigger="create",result="ok"} 1.0' in exposition
+        assert 'ovllm_operator_child_changes_total{kind="Deployment",action="created"}' in exposition
         operator.stop()
         wait_for("the standby to resume", lambda: "Resuming operations after the pause" in standby.log(), 60)
         create(api, namespace, "second", {"model": {"imagePath": "/opt/models/qwen"}, "cpu": {"memory": "8Gi"}})

@@ -1,0 +1,119 @@
+"""What the operator's end-to-end tests share: an `ovllm operator` process, polling, and short
+ways to create and read OVLLMDeployments."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+ROOT = Path(__file__).resolve().parents[2]
+GROUP, VERSION, PLURAL = "ovllm.io", "v1alpha1", "ovllmdeployments"
+NFD = "feature.node.kubernetes.io/cpu-cpuid."
+RESYNC = 2
+
+
+def wait_for(what: str, check, timeout: float = 60.0, interval: float = 0.5):
+    """Poll `check` until it returns something truthy; fail with the last value seen."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except ApiException as exc:
+            last = exc
+            if exc.status != 404:
+                raise
+        if last and not isinstance(last, ApiException):
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Operator:
+    """An `ovllm operator` process with its JSON log kept for assertions."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path, *args: str, peering: str | None = None):
+        self.liveness_port, self.metrics_port = free_port(), free_port()
+        self.log_path = log_path
+        # Its own peering object unless told otherwise: a peer left over from an earlier test (one
+        # that was killed) would otherwise make two operators of equal priority pause each other.
+        self.peering = peering or f"ovllm-test-{self.liveness_port}"
+        self._log = open(log_path, "ab")  # noqa: SIM115 (open for the process's life)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ovllm_engine.cli", "operator", "--resync-seconds", str(RESYNC),
+             "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port),
+             "--peering", self.peering, "--log-format", "json", *args],
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+def create(api, namespace: str, name: str, spec: dict) -> dict:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "OVLLMDeployment",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return api.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+
+def resource(api, namespace: str, name: str) -> dict:
+    return api.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+def conditions(obj: dict) -> dict:
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def wait_phase(api, namespace: str, name: str, phase: str, timeout: float = 60.0) -> dict:
+    """Wait until the resource's status, for its current generation, is in this phase; on timeout,
+    fail with the status last seen (its conditions say why)."""
+    seen = {}
+
+    def reached():
+        obj = resource(api, namespace, name)
+        seen["status"] = obj.get("status")
+        status = obj.get("status") or {}
+        if status.get("phase") == phase and status.get("observedGeneration") == obj["metadata"]["generation"]:
+            return obj
+        return None
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := reached():
+            return found
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout:g}s waiting for {name} to be {phase}; status: {json.dumps(seen)}")
+
+
+def events(api, namespace: str, name: str) -> list:
+    found = api.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
+    return [(e.type, e.reason, e.message) for e in found.items]
+
+
+def engine_pods(api, namespace: str, name: str) -> list:
+    selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/name=ovllm-engine"
+    return api.core.list_namespaced_pod(namespace, label_selector=selector).items

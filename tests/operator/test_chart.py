@@ -1,0 +1,212 @@
+"""The Helm chart with the real `helm` (built from its Go module by hack/controlplane.py): lint,
+templates with default and other values, a wrong value refused, and an install into the real
+control plane whose ServiceAccount's rights are enough to run the operator on the examples."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from operator_testing import Operator, resource, wait_for, wait_phase
+
+from conftest import ROOT, controlplane, require
+
+CHART = ROOT / "charts" / "ovllm-operator"
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    path = controlplane.helm_path()
+    require(path.is_file(), f"helm at {path}; build it with `make controlplane` "
+                            "(python hack/controlplane.py install --helm)")
+    return path
+
+
+def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        pytest.fail(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def template(helm: Path, *values: str) -> list[dict]:
+    out = run_helm(helm, "template", "ovllm", str(CHART), "--namespace", "ovllm-system", *values).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def test_chart_crds_are_the_repository_crds():
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        assert (CHART / "crds" / path.name).read_bytes() == path.read_bytes(), f"charts/.../crds/{path.name} differs"
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(p.name for p in (ROOT / "crds").iterdir())
+
+
+def test_lint_with_default_and_other_values(helm, tmp_path):
+    run_helm(helm, "lint", "--strict", str(CHART))
+    other = tmp_path / "values.yaml"
+    other.write_text(yaml.safe_dump({"watchNamespaces": ["team-a", "team-b"], "replicaCount": 2,
+                                     "metrics": {"port": 9090, "serviceMonitor": {"enabled": True}}}))
+    run_helm(helm, "lint", "--strict", str(CHART), "-f", str(other))
+
+
+def _rules(docs: list[dict]) -> list[dict]:
+    return [rule for doc in docs if doc["kind"] in ("ClusterRole", "Role") for rule in doc["rules"]]
+
+
+def test_default_install_is_cluster_wide_locked_down_and_least_privilege(helm):
+    docs = template(helm)
+    assert sorted(doc["kind"] for doc in docs) == [
+        "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    (deployment,) = by_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz" and container["resources"]["limits"]
+    assert container["command"] == ["ovllm"] and container["args"][0] == "operator"
+    assert not any(arg.startswith("--namespace") for arg in container["args"])
+    assert container["image"] == "ghcr.io/ovllm/ovllm-operator:0.1.0"
+    for rule in _rules(docs):
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"], rule
+
+
+def test_namespace_scoped_install_has_roles_only(helm):
+    docs = template(helm, "--set", "watchNamespaces={team-a,team-b}", "--set", "metrics.serviceMonitor.enabled=true",
+                    "--set", "replicaCount=2")
+    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    assert sorted(role["metadata"]["namespace"] for role in by_kind(docs, "Role")) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
+    (deployment,) = by_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("replicaCount=-1", "replicaCount"),
+    ("logFormat=xml", "logFormat"),
+    ("watchNamespaces={Not_A_Namespace}", "watchNamespaces"),
+    ("unknownValue=1", "unknownValue"),
+])
+def test_a_wrong_value_fails_at_install_time_naming_it(helm, value, message):
+    result = run_helm(helm, "template", "ovllm", str(CHART), "--set", value, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def service_account_kubeconfig(kube, admin_kubeconfig: Path, namespace: str, name: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as the chart's ServiceAccount (a TokenRequest token), so the
+    operator run below has exactly the chart's RBAC."""
+    token = client.CoreV1Api(kube).create_namespaced_service_account_token(
+        name, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
+    config = yaml.safe_load(admin_kubeconfig.read_text())
+    config["users"] = [{"name": "operator", "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = "operator"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def local_args(deployment) -> list[str]:
+    """The chart's operator arguments, with the ports moved off the ones this machine may use."""
+    (container,) = deployment.spec.template.spec.containers
+    return [arg for arg in container.args[1:] if not arg.startswith(("--liveness-port", "--metrics-port"))]
+
+
+@pytest.mark.e2e
+def test_helm_install_runs_the_examples_with_the_charts_rights_and_uninstalls_cleanly(
+        helm, control_plane, kube, api, tmp_path):
+    release_namespace = f"ovllm-system-{uuid.uuid4().hex[:6]}"
+    kubeconfig = str(control_plane.kubeconfig)
+    run_helm(helm, "install", "ovllm", str(CHART), "--kubeconfig", kubeconfig, "--namespace", release_namespace,
+             "--create-namespace", "--wait", "--timeout", "120s")
+    apps = client.AppsV1Api(kube)
+    deployment = apps.read_namespaced_deployment("ovllm-ovllm-operator", release_namespace)
+    assert deployment.status.available_replicas == 1  # kwok runs the pod
+    client.ApiextensionsV1Api(kube).read_custom_resource_definition("ovllmdeployments.ovllm.io")
+
+    examples_namespace = f"examples-{uuid.uuid4().hex[:6]}"
+    api.core.create_namespace({"metadata": {"name": examples_namespace}})
+    wait_for("the namespace's ServiceAccount", lambda: api.core.read_namespaced_service_account(
+        "default", examples_namespace))
+    as_chart = service_account_kubeconfig(kube, control_plane.kubeconfig, release_namespace, "ovllm-ovllm-operator",
+                                          tmp_path / "operator-kubeconfig")
+    operator = Operator(as_chart, tmp_path / "operator.log", *local_args(deployment))
+    try:
+        names = []
+        for path in sorted((ROOT / "examples").glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                doc["metadata"]["namespace"] = examples_namespace
+                if doc["kind"] == "Secret":
+                    api.core.create_namespaced_secret(examples_namespace, doc)
+                else:
+                    api.custom.create_namespaced_custom_object("ovllm.io", "v1alpha1", examples_namespace,
+                                                               "ovllmdeployments", doc)
+                    names.append(doc["metadata"]["name"])
+        assert len(names) == 3
+        for name in names:
+            ready = wait_phase(api, examples_namespace, name, "Ready", 120)
+            assert ready["status"]["readyReplicas"] == ready["spec"]["replicas"]
+        assert "403" not in operator.log() and "Forbidden" not in operator.log()
+    finally:
+        operator.stop()
+        print(operator.log()[-4000:])
+
+    run_helm(helm, "uninstall", "ovllm", "--kubeconfig", kubeconfig, "--namespace", release_namespace, "--wait")
+    rbac = client.RbacAuthorizationV1Api(kube)
+    leftovers = []
+    for what, call in (
+        ("Deployment", lambda: apps.read_namespaced_deployment("ovllm-ovllm-operator", release_namespace)),
+        ("ServiceAccount", lambda: api.core.read_namespaced_service_account("ovllm-ovllm-operator", release_namespace)),
+        ("Service", lambda: api.core.read_namespaced_service("ovllm-ovllm-operator-metrics", release_namespace)),
+        ("ClusterRole", lambda: rbac.read_cluster_role("ovllm-ovllm-operator")),
+        ("ClusterRoleBinding", lambda: rbac.read_cluster_role_binding("ovllm-ovllm-operator")),
+    ):
+        try:
+            call()
+            leftovers.append(what)
+        except ApiException as exc:
+            assert exc.status == 404
+    assert leftovers == []
+    # The CRD stays, as Helm keeps every chart's crds/: removing it would delete every user's resources.
+    assert resource(api, examples_namespace, names[0])
+
+
+@pytest.mark.e2e
+def test_a_namespace_scoped_install_works_with_roles_alone(helm, control_plane, kube, api, tmp_path):
+    watched = f"team-{uuid.uuid4().hex[:6]}"
+    release_namespace = f"ovllm-ns-{uuid.uuid4().hex[:6]}"
+    api.core.create_namespace({"metadata": {"name": watched}})
+    wait_for("the namespace's ServiceAccount", lambda: api.core.read_namespaced_service_account("default", watched))
+    run_helm(helm, "install", "scoped", str(CHART), "--kubeconfig", str(control_plane.kubeconfig),
+             "--namespace", release_namespace, "--create-namespace", "--set", f"watchNamespaces={{{watched}}}",
+             "--wait", "--timeout", "120s")
+    deployment = client.AppsV1Api(kube).read_namespaced_deployment("scoped-ovllm-operator", release_namespace)
+    as_chart = service_account_kubeconfig(kube, control_plane.kubeconfig, release_namespace, "scoped-ovllm-operator",
+                                          tmp_path / "kubeconfig")
+    operator = Operator(as_chart, tmp_path / "operator.log", *local_args(deployment))
+    try:
+        api.custom.create_namespaced_custom_object("ovllm.io", "v1alpha1", watched, "ovllmdeployments", {
+            "apiVersion": "ovllm.io/v1alpha1", "kind": "OVLLMDeployment", "metadata": {"name": "scoped"},
+            "spec": {"model": {"imagePath": "/opt/models/qwen"}, "cpu": {"memory": "8Gi"},
+                     "podDisruptionBudget": {"minAvailable": 0}}})
+        wait_phase(api, watched, "scoped", "Ready")
+        assert "Forbidden" not in operator.log()
+    finally:
+        operator.stop()
+        print(operator.log()[-4000:])
+    run_helm(helm, "uninstall", "scoped", "--kubeconfig", str(control_plane.kubeconfig), "--namespace",
+             release_namespace, "--wait")
