@@ -25,7 +25,8 @@ CONTRACT_ENV = (KVCACHE_SPACE, KV_CACHE_PRECISION, "VLLM_OPENVINO_KV_CACHE_PRECI
                 INFERENCE_THREADS, API_KEY, "HF_HOME", "HF_TOKEN")
 
 CACHE_MOUNT = "/cache"  # a writable emptyDir: HF_HOME, and the IR of a pod that converts for itself
-# Startup probe budgets: loading IR, and downloading plus converting inside the pod.
+# Time budgets: the startup probe's for loading IR, and a pod's for downloading and converting in
+# its init container first (the Deployment's progress deadline covers both).
 LOAD_SECONDS = 30 * 60
 CONVERT_IN_POD_SECONDS = 2 * 60 * 60
 PROBE_PERIOD = 10
@@ -68,9 +69,9 @@ class Resource:
 class ModelPlan:
     """Where the engine pods find their model, and whether a conversion Job puts it there first."""
 
-    serve_path: str  # the MODEL argument of `ovllm serve`
+    serve_path: str  # the MODEL argument of `ovllm serve`: always an IR directory
     uses_job: bool  # a conversion Job fills the model cache first
-    convert_in_pod: bool  # each pod downloads or converts for itself (no model cache)
+    convert_in_pod: bool  # no model cache: an init container converts into the pod's emptyDir
 
 
 def source_path(resource: Resource) -> str:
@@ -86,9 +87,9 @@ def source_path(resource: Resource) -> str:
 def model_plan(resource: Resource) -> ModelPlan:
     model = resource.spec.model
     if not model.needs_conversion:
-        return ModelPlan(model.image_path, None, False)
+        return ModelPlan(model.image_path, False, False)
     if resource.spec.model_cache is None:
-        return ModelPlan(source_path(resource), None, True)
+        return ModelPlan(f"{CACHE_MOUNT}/model", False, True)
     key = names.conversion_key(model.source, model.weight_format, model.trust_remote_code)
     directory = names.model_dir_name(model.source, model.weight_format, key)
     return ModelPlan(f"{names.MODELS_MOUNT}/{directory}", True, False)
@@ -121,8 +122,6 @@ def engine_env(resource: Resource) -> list[dict]:
         {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
         {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only
     ]
-    if spec.model.hub_token_secret_ref and model_plan(resource).convert_in_pod:
-        env.append(secret_env("HF_TOKEN", spec.model.hub_token_secret_ref))
     if spec.api_key_secret_ref:
         env.append(secret_env(API_KEY, spec.api_key_secret_ref))
     return _with_extra_env(env, spec.engine.extra_env)
@@ -150,8 +149,6 @@ def engine_args(resource: Resource) -> list[str]:
             "--enable-chunked-prefill" if engine.enable_chunked_prefill else "--no-enable-chunked-prefill"]
     if engine.max_model_len:
         args += ["--max-model-len", str(engine.max_model_len)]
-    if plan.convert_in_pod:
-        args += conversion_flags(resource)
     return args + list(engine.extra_args)
 
 
@@ -192,8 +189,28 @@ def _volumes(resource: Resource, models_read_only: bool) -> tuple[list[dict], li
     return volumes, mounts
 
 
-def startup_seconds(resource: Resource) -> int:
-    return CONVERT_IN_POD_SECONDS if model_plan(resource).convert_in_pod else LOAD_SECONDS
+def converter(resource: Resource, output: str, hf_home: str) -> dict:
+    """The container that runs `ovllm convert` (converter image: torch, optimum-intel, NNCF): in the
+    conversion Job, or as the engine pod's init container when there is no model cache."""
+    spec = resource.spec
+    env = [
+        {"name": QUANTIZED_WEIGHTS, "value": "ON" if spec.model.weight_format == "int8" else "OFF"},
+        {"name": "HF_HOME", "value": hf_home},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    if spec.model.hub_token_secret_ref:
+        env.append(secret_env("HF_TOKEN", spec.model.hub_token_secret_ref))
+    memory = sizing.converter_memory(spec)
+    return {
+        "name": "convert",
+        "image": spec.engine.converter_image,
+        "imagePullPolicy": spec.engine.image_pull_policy,
+        "command": ["ovllm"],
+        "args": ["convert", source_path(resource), "--output", output, *conversion_flags(resource)],
+        "env": env,
+        "resources": {"requests": {"cpu": str(spec.cpu.cores), "memory": memory}, "limits": {"memory": memory}},
+        "securityContext": _security(pod=False),
+    }
 
 
 def pod_template(resource: Resource, serve_path: str | None = None) -> dict:
@@ -208,6 +225,7 @@ def pod_template(resource: Resource, serve_path: str | None = None) -> dict:
     cores = str(spec.cpu.cores)
     health = {"httpGet": {"path": "/health", "port": "http"}}
     volumes, mounts = _volumes(resource, models_read_only=True)
+    plan = model_plan(resource)
     container = {
         "name": "engine",
         "image": spec.engine.image,
@@ -218,9 +236,9 @@ def pod_template(resource: Resource, serve_path: str | None = None) -> dict:
         "ports": [{"name": "http", "containerPort": names.ENGINE_PORT, "protocol": "TCP"}],
         # Guaranteed QoS (requests equal limits): a static CPU manager can pin the engine's threads.
         "resources": {"requests": {"cpu": cores, "memory": memory}, "limits": {"cpu": cores, "memory": memory}},
-        # Conversion and loading can take long; liveness and readiness start only after this succeeds.
+        # Loading a large model takes minutes; liveness and readiness start only after this succeeds.
         "startupProbe": {**health, "periodSeconds": PROBE_PERIOD,
-                         "failureThreshold": math.ceil(startup_seconds(resource) / PROBE_PERIOD)},
+                         "failureThreshold": math.ceil(LOAD_SECONDS / PROBE_PERIOD)},
         "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 2},
         "livenessProbe": {**health, "periodSeconds": 10, "failureThreshold": 6, "timeoutSeconds": 5},
         "securityContext": _security(pod=False),
@@ -239,6 +257,12 @@ def pod_template(resource: Resource, serve_path: str | None = None) -> dict:
         "terminationGracePeriodSeconds": SHUTDOWN_GRACE_SECONDS + 10,
         "affinity": merge_affinity(spec.affinity, spec.cpu.min_isa),
     }
+    if plan.convert_in_pod:
+        # Without a model cache each pod converts for itself, into its emptyDir, before the engine
+        # starts: the engine image stays free of torch.
+        init = converter(resource, plan.serve_path, f"{CACHE_MOUNT}/huggingface")
+        init["volumeMounts"] = [mount for mount in mounts if mount["name"] != "models"]
+        pod_spec["initContainers"] = [init]
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
@@ -260,7 +284,8 @@ def deployment(resource: Resource, serve_path: str | None = None) -> dict:
             # Never below the serving capacity during a rollout: one new pod at a time, and an old
             # one goes only when a new one is ready.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "progressDeadlineSeconds": startup_seconds(resource) + 600,
+            "progressDeadlineSeconds": (CONVERT_IN_POD_SECONDS if model_plan(resource).convert_in_pod
+                                        else LOAD_SECONDS) + 600,
             "revisionHistoryLimit": 3,
             "template": pod_template(resource, serve_path),
         },
@@ -317,27 +342,9 @@ def conversion_job(resource: Resource) -> dict | None:
     if not plan.uses_job:
         return None
     spec = resource.spec
-    env = [
-        {"name": QUANTIZED_WEIGHTS, "value": "ON" if spec.model.weight_format == "int8" else "OFF"},
-        # Downloads land on the cache volume too: a retried Job does not download again.
-        {"name": "HF_HOME", "value": f"{names.MODELS_MOUNT}/.huggingface"},
-        {"name": "HOME", "value": "/tmp"},
-    ]
-    if spec.model.hub_token_secret_ref:
-        env.append(secret_env("HF_TOKEN", spec.model.hub_token_secret_ref))
     volumes, mounts = _volumes(resource, models_read_only=False)
-    cores, memory = str(spec.cpu.cores), sizing.converter_memory(spec)
-    container = {
-        "name": "convert",
-        "image": spec.engine.converter_image,
-        "imagePullPolicy": spec.engine.image_pull_policy,
-        "command": ["ovllm"],
-        "args": ["convert", source_path(resource), "--output", plan.serve_path, *conversion_flags(resource)],
-        "env": env,
-        "resources": {"requests": {"cpu": cores, "memory": memory}, "limits": {"memory": memory}},
-        "securityContext": _security(pod=False),
-        "volumeMounts": mounts,
-    }
+    # Downloads land on the cache volume too: a retried Job does not download again.
+    container = {**converter(resource, plan.serve_path, f"{names.MODELS_MOUNT}/.huggingface"), "volumeMounts": mounts}
     pod_spec = {
         "restartPolicy": "Never",
         "containers": [container],

@@ -47,10 +47,17 @@ def test_engine_env_is_the_contract_from_the_spec_exactly():
 def test_weight_format_travels_as_the_env_switch_or_a_flag(weight_format, switch, flags):
     resource = make({"model": {"hub": "Qwen/Qwen2.5-7B-Instruct", "weightFormat": weight_format,
                                "revision": "v1"}})
-    container = engine_container(builders.deployment(resource))
-    assert env_values(container)["VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS"] == switch
-    # Without a model cache each pod converts for itself: the flags go on its command line.
-    assert container["args"][-len(flags) - 2:] == [*flags, "--revision", "v1"]
+    pod = builders.deployment(resource)["spec"]["template"]["spec"]
+    assert env_values(engine_container(builders.deployment(resource)))[
+        "VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS"] == switch
+    # Without a model cache each pod converts for itself, in an init container with the converter
+    # image, into its emptyDir; the engine serves that directory.
+    (init,) = pod["initContainers"]
+    assert init["image"] == "ghcr.io/ovllm/ovllm-converter:0.1.0"
+    assert init["args"] == ["convert", "Qwen/Qwen2.5-7B-Instruct", "--output", "/cache/model", *flags,
+                            "--revision", "v1"]
+    assert env_values(init)["VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS"] == switch
+    assert pod["containers"][0]["args"][1] == "/cache/model"
 
 
 def test_engine_args_carry_the_batching_settings_and_extra_args():
@@ -58,7 +65,7 @@ def test_engine_args_carry_the_batching_settings_and_extra_args():
                      "engine": {"maxNumSeqs": 32, "maxNumBatchedTokens": 1024, "maxModelLen": 4096,
                                 "enablePrefixCaching": False, "extraArgs": ["--max-request-mb=8"]}})
     args = engine_container(builders.deployment(resource))["args"]
-    assert args[:2] == ["serve", "Qwen/Qwen2.5-0.5B-Instruct"]
+    assert args[:2] == ["serve", "/cache/model"]
     for pair in (["--served-model-name", "qwen"], ["--max-num-seqs", "32"], ["--max-num-batched-tokens", "1024"],
                  ["--max-model-len", "4096"], ["--port", "8000"]):
         index = args.index(pair[0])
@@ -149,11 +156,16 @@ def test_pod_is_locked_down_and_probed():
                                             "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}
-    # A pod that downloads and converts for itself gets two hours before liveness applies.
+    # Loading gets half an hour before liveness applies; a pod that converts for itself first gets
+    # two hours before the Deployment counts it as stuck.
     startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 2 * 3600
-    cached = engine_container(builders.deployment(make({**HUB, "modelCache": {}})))["startupProbe"]
-    assert 20 * 60 <= cached["periodSeconds"] * cached["failureThreshold"] < 2 * 3600
+    assert startup["periodSeconds"] * startup["failureThreshold"] == 30 * 60
+    assert deployment["spec"]["progressDeadlineSeconds"] >= 2 * 3600
+    cached = builders.deployment(make({**HUB, "modelCache": {}}))
+    assert 30 * 60 <= cached["spec"]["progressDeadlineSeconds"] < 2 * 3600
+    assert "initContainers" not in cached["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["securityContext"] == container["securityContext"]
     assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
 
 
@@ -215,9 +227,11 @@ def test_service_annotations_do_not_touch_the_pod_template():
 def test_api_key_and_hub_token_come_from_secrets():
     resource = make({"model": {**HUB["model"], "hubTokenSecretRef": {"name": "hf", "key": "token"}},
                      "apiKeySecretRef": {"name": "keys", "key": "api-key"}})
-    env = env_values(engine_container(builders.deployment(resource)))
+    pod = builders.deployment(resource)["spec"]["template"]["spec"]
+    env = env_values(pod["containers"][0])
     assert env["VLLM_API_KEY"] == {"secretKeyRef": {"name": "keys", "key": "api-key"}}
-    assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    assert "HF_TOKEN" not in env  # only what downloads gets the hub token
+    assert env_values(pod["initContainers"][0])["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
 
 
 def test_extra_env_may_not_override_the_contract():

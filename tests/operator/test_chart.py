@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from operator_testing import Operator, resource, wait_for, wait_phase
+from operator_testing import Operator, wait_for, wait_phase
 
 from conftest import ROOT, controlplane, require
 
@@ -164,6 +164,7 @@ def test_helm_install_runs_the_examples_with_the_charts_rights_and_uninstalls_cl
     finally:
         operator.stop()
         print(operator.log()[-4000:])
+        api.core.delete_namespace(examples_namespace)
 
     run_helm(helm, "uninstall", "ovllm", "--kubeconfig", kubeconfig, "--namespace", release_namespace, "--wait")
     rbac = client.RbacAuthorizationV1Api(kube)
@@ -182,7 +183,8 @@ def test_helm_install_runs_the_examples_with_the_charts_rights_and_uninstalls_cl
             assert exc.status == 404
     assert leftovers == []
     # The CRD stays, as Helm keeps every chart's crds/: removing it would delete every user's resources.
-    assert resource(api, examples_namespace, names[0])
+    client.ApiextensionsV1Api(kube).read_custom_resource_definition("ovllmdeployments.ovllm.io")
+    api.core.delete_namespace(release_namespace)
 
 
 @pytest.mark.e2e
@@ -208,5 +210,7 @@ def test_a_namespace_scoped_install_works_with_roles_alone(helm, control_plane, 
     finally:
         operator.stop()
         print(operator.log()[-4000:])
+        api.core.delete_namespace(watched)
     run_helm(helm, "uninstall", "scoped", "--kubeconfig", str(control_plane.kubeconfig), "--namespace",
              release_namespace, "--wait")
+    api.core.delete_namespace(release_namespace)

@@ -12,21 +12,28 @@ from ovllm_operator import builders
 from ovllm_operator.builders import Resource
 
 
-def engine_view(spec: dict):
-    """What `ovllm serve` in the built pod would see: its parsed flags and environment settings."""
-    resource = Resource.from_body({"metadata": {"name": "chat", "namespace": "ns", "uid": "u"}, "spec": spec})
-    (container,) = builders.deployment(resource)["spec"]["template"]["spec"]["containers"]
+def view(container: dict):
+    """What `ovllm` in a built container would see: its parsed flags and environment settings."""
     assert container["command"] == ["ovllm"]
     args = build_parser().parse_args(container["args"])
     env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
     return args, parse_env(env)
 
 
+def engine_view(spec: dict):
+    """The engine container's view, and the view of the init container that converts its model."""
+    resource = Resource.from_body({"metadata": {"name": "chat", "namespace": "ns", "uid": "u"}, "spec": spec})
+    pod = builders.deployment(resource)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    converter = view(pod["initContainers"][0]) if pod.get("initContainers") else None
+    return (*view(container), converter)
+
+
 @pytest.mark.parametrize(("weight_format", "kv_precision", "kv_space"), [
     ("int8", "u8", 4), ("int4", "f16", 16), ("fp16", "bf16", 1), ("int8", "f32", 64),
 ])
 def test_engine_sees_the_kv_space_precision_and_quantization_asked_for(weight_format, kv_precision, kv_space):
-    args, settings = engine_view({
+    args, settings, (convert_args, convert_settings) = engine_view({
         "model": {"hub": "Qwen/Qwen2.5-0.5B-Instruct", "weightFormat": weight_format},
         "engine": {"kvCacheSpaceGiB": kv_space, "kvCachePrecision": kv_precision},
         "cpu": {"cores": 3},
@@ -34,11 +41,15 @@ def test_engine_sees_the_kv_space_precision_and_quantization_asked_for(weight_fo
     assert settings.kv_cache_space_gb == kv_space
     assert settings.kv_cache_precision == kv_precision
     assert settings.inference_threads == 3
-    assert resolve(args, settings).weight_format == weight_format
+    # The engine's own environment says the same as vLLM's contract (ON exactly for int8) ...
+    assert settings.quantized_weights is (weight_format == "int8")
+    # ... and the converter that writes the IR the engine serves produces the weights asked for.
+    assert convert_args.model == "Qwen/Qwen2.5-0.5B-Instruct" and str(convert_args.output) == args.model
+    assert resolve(convert_args, convert_settings).weight_format == weight_format
 
 
 def test_engine_sees_the_batching_and_model_settings():
-    args, _ = engine_view({
+    args, _, converter = engine_view({
         "model": {"imagePath": "/opt/models/qwen", "servedModelName": "qwen"},
         "engine": {"maxNumSeqs": 16, "maxNumBatchedTokens": 2048, "maxModelLen": 8192,
                    "enablePrefixCaching": False, "enableChunkedPrefill": False},
@@ -46,6 +57,7 @@ def test_engine_sees_the_batching_and_model_settings():
     assert (args.model, args.served_model_name, args.port) == ("/opt/models/qwen", "qwen", 8000)
     assert (args.max_num_seqs, args.max_num_batched_tokens, args.max_model_len) == (16, 2048, 8192)
     assert args.enable_prefix_caching is False and args.enable_chunked_prefill is False
+    assert converter is None  # IR in the image: nothing converts
 
 
 def test_the_conversion_job_asks_for_the_same_weights():

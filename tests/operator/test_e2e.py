@@ -26,6 +26,7 @@ from operator_testing import (
     wait_for,
     wait_phase,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.e2e
 
@@ -312,9 +313,12 @@ def test_liveness_json_logs_and_one_active_replica(api, operator, control_plane,
         wait_phase(api, namespace, "first", "Ready")
         assert '"name": "first"' in operator.log() and '"name": "first"' not in standby.log()
         with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as response:
-            exposition = response.read().decode()
-        assert 'ovllm_operator_reconciles_total{trigger="create",result="ok"} 1.0' in exposition
-        assert 'ovllm_operator_child_changes_total{kind="Deployment",action="created"}' in exposition
+            samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                       for family in text_string_to_metric_families(response.read().decode())
+                       for sample in family.samples}
+        assert samples[("ovllm_operator_reconciles_total", (("result", "ok"), ("trigger", "create")))] >= 1
+        assert samples[("ovllm_operator_child_changes_total", (("action", "created"), ("kind", "Deployment")))] >= 1
+        assert samples[("ovllm_operator_reconcile_duration_seconds_count", ())] >= 1
         operator.stop()
         wait_for("the standby to resume", lambda: "Resuming operations after the pause" in standby.log(), 60)
         create(api, namespace, "second", {"model": {"imagePath": "/opt/models/qwen"}, "cpu": {"memory": "8Gi"}})
