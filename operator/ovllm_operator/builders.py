@@ -48,7 +48,10 @@ class Resource:
         from ovllm_operator.spec import parse_spec
 
         metadata = body["metadata"]
-        return cls(metadata["name"], metadata["namespace"], metadata["uid"], parse_spec(dict(body.get("spec") or {})))
+        spec = parse_spec(dict(body.get("spec") or {}))
+        resource = cls(metadata["name"], metadata["namespace"], metadata["uid"], spec)
+        check(resource)
+        return resource
 
     def owner_reference(self) -> dict:
         # controller: true makes the resource the children's one manager; deleting it lets the
@@ -128,12 +131,8 @@ def engine_env(resource: Resource) -> list[dict]:
 
 
 def _with_extra_env(env: list[dict], extra: tuple[dict, ...]) -> list[dict]:
-    """Append the user's variables; one that names a contract variable is refused (the CRD refuses
-    it too), any other replaces the operator's of the same name (env names must be unique)."""
-    forbidden = [item["name"] for item in extra if item["name"] in CONTRACT_ENV]
-    if forbidden:
-        raise SpecError(f"spec.engine.extraEnv: {', '.join(forbidden)} is set from the spec; "
-                        "set the spec field instead")
+    """Append the user's variables; one replaces the operator's of the same name (env names must be
+    unique). Contract variables never get here: check() refuses them."""
     overridden = {item["name"] for item in extra}
     return [item for item in env if item["name"] not in overridden] + [dict(item) for item in extra]
 
@@ -152,9 +151,14 @@ def engine_args(resource: Resource) -> list[str]:
     return args + list(engine.extra_args)
 
 
-def check_memory(resource: Resource) -> None:
-    """What the schema cannot check: a memory limit below the KV cache the spec asks for."""
+def check(resource: Resource) -> None:
+    """What the schema cannot check (or a CRD older than the operator did not): a memory limit below
+    the KV cache the spec asks for, and extra variables that would override the engine's contract."""
     spec = resource.spec
+    forbidden = [item["name"] for item in spec.engine.extra_env if item["name"] in CONTRACT_ENV]
+    if forbidden:
+        raise SpecError(f"spec.engine.extraEnv: {', '.join(forbidden)} is set from the spec; "
+                        "set the spec field instead")
     if spec.cpu.memory and sizing.quantity_bytes(spec.cpu.memory) < sizing.minimum_engine_gib(spec) * 2**30:
         raise SpecError(
             f"spec.cpu.memory: {spec.cpu.memory} cannot hold spec.engine.kvCacheSpaceGiB="
@@ -217,7 +221,6 @@ def pod_template(resource: Resource, serve_path: str | None = None) -> dict:
     """The engine pod. serve_path overrides the plan's model directory: while a new conversion runs,
     the pods keep serving the last converted model."""
     spec = resource.spec
-    check_memory(resource)
     args = engine_args(resource)
     if serve_path:
         args[1] = serve_path

@@ -20,6 +20,9 @@ from ovllm_operator.names import FIELD_MANAGER
 log = logging.getLogger(__name__)
 
 
+_UNREAD = object()  # apply() was not given the live object
+
+
 @dataclass(frozen=True)
 class Applied:
     """An applied object and what applying it did: created, updated or unchanged."""
@@ -49,10 +52,12 @@ class Kube:
         found = self._resource(api_version, kind).get(namespace=namespace, label_selector=label_selector)
         return [item.to_dict() for item in found.items]
 
-    def apply(self, body: dict) -> Applied:
-        """Server-side apply; `action` compares resourceVersions, so an unchanged object reads as such."""
+    def apply(self, body: dict, before: dict | None | object = _UNREAD) -> Applied:
+        """Server-side apply; `action` compares resourceVersions, so an unchanged object reads as such.
+        `before`: the live object if the caller just read it (None: absent), to save a read."""
         meta = body["metadata"]
-        before = self.get(body["apiVersion"], body["kind"], meta["namespace"], meta["name"])
+        if before is _UNREAD:
+            before = self.get(body["apiVersion"], body["kind"], meta["namespace"], meta["name"])
         after = self._resource(body["apiVersion"], body["kind"]).server_side_apply(
             body=body, namespace=meta["namespace"], field_manager=FIELD_MANAGER, force_conflicts=True
         ).to_dict()

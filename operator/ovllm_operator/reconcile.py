@@ -34,9 +34,7 @@ def reconcile(body: Mapping, kube: Kube, emit: Emit) -> dict:
         selector=names.selector_string(name),
     )
     try:
-        resource = builders.Resource.from_body(body)
-        builders.check_memory(resource)
-        builders.engine_env(resource)  # refuses contract variables in extraEnv
+        resource = builders.Resource.from_body(body)  # parsed and checked
     except SpecError as exc:
         observed.spec_error = str(exc)
         raw = (body.get("spec") or {}).get("model") or {}
@@ -73,7 +71,7 @@ def reconcile(body: Mapping, kube: Kube, emit: Emit) -> dict:
             # Until the new conversion is done, the pods keep serving the last converted model.
             serve_path = serving_path(current)
     if serve_path:
-        deployment = kube.apply(builders.deployment(resource, serve_path))
+        deployment = kube.apply(builders.deployment(resource, serve_path), before=current)
         applied.append(deployment)
         current = deployment.object
     observed.deployment = current

@@ -21,8 +21,9 @@ NFD = "feature.node.kubernetes.io/cpu-cpuid."
 RESYNC = 2
 
 
-def wait_for(what: str, check, timeout: float = 60.0, interval: float = 0.5):
-    """Poll `check` until it returns something truthy; fail with the last value seen."""
+def wait_for(what: str, check, timeout: float = 60.0, interval: float = 0.5, explain=None):
+    """Poll `check` until it returns something truthy (a 404 counts as not yet); on timeout, fail
+    with the last value seen, or with what `explain()` says (components' logs, a status)."""
     deadline, last = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         try:
@@ -34,7 +35,8 @@ def wait_for(what: str, check, timeout: float = 60.0, interval: float = 0.5):
         if last and not isinstance(last, ApiException):
             return last
         time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
+    pytest.fail(f"timed out after {timeout:g}s waiting for {what}; "
+                f"{explain() if explain else f'last: {last!r}'}")
 
 
 def free_port() -> int:
@@ -95,18 +97,11 @@ def wait_phase(api, namespace: str, name: str, phase: str, timeout: float = 60.0
 
     def reached():
         obj = resource(api, namespace, name)
-        seen["status"] = obj.get("status")
-        status = obj.get("status") or {}
-        if status.get("phase") == phase and status.get("observedGeneration") == obj["metadata"]["generation"]:
-            return obj
-        return None
+        status = seen["status"] = obj.get("status") or {}
+        return obj if status.get("phase") == phase and status.get(
+            "observedGeneration") == obj["metadata"]["generation"] else None
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := reached():
-            return found
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:g}s waiting for {name} to be {phase}; status: {json.dumps(seen)}")
+    return wait_for(f"{name} to be {phase}", reached, timeout, explain=lambda: f"status: {json.dumps(seen)}")
 
 
 def events(api, namespace: str, name: str) -> list:

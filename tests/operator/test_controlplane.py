@@ -4,8 +4,7 @@ garbage collector."""
 
 from __future__ import annotations
 
-import time
-
+import operator_testing
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -18,13 +17,8 @@ AVX512F = "feature.node.kubernetes.io/cpu-cpuid.AVX512F"
 
 
 def wait_for(what: str, check, control_plane, timeout: float = 30.0):
-    """Poll `check` until it returns something truthy; fail with the components' logs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout:g}s waiting for {what}\n{control_plane.logs_tail()}")
+    """Poll `check`; on timeout, fail with the components' last log lines."""
+    return operator_testing.wait_for(what, check, timeout, interval=0.2, explain=control_plane.logs_tail)
 
 
 def conversion_job(name: str, source: str) -> dict:
