@@ -110,6 +110,11 @@ def conversion_flags(resource: Resource) -> list[str]:
     return flags
 
 
+def quantized_weights_switch(resource: Resource) -> dict:
+    """vLLM's OpenVINO switch: ON exactly for int8 weights (fp16 and int4 go as --weight-format)."""
+    return {"name": QUANTIZED_WEIGHTS, "value": "ON" if resource.spec.model.weight_format == "int8" else "OFF"}
+
+
 def secret_env(name: str, ref) -> dict:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
 
@@ -120,7 +125,7 @@ def engine_env(resource: Resource) -> list[dict]:
     env = [
         {"name": KVCACHE_SPACE, "value": str(spec.engine.kv_cache_space_gib)},
         {"name": KV_CACHE_PRECISION, "value": spec.engine.kv_cache_precision},
-        {"name": QUANTIZED_WEIGHTS, "value": "ON" if spec.model.weight_format == "int8" else "OFF"},
+        quantized_weights_switch(resource),
         {"name": INFERENCE_THREADS, "value": str(spec.cpu.cores)},
         {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
         {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only
@@ -137,10 +142,11 @@ def _with_extra_env(env: list[dict], extra: tuple[dict, ...]) -> list[dict]:
     return [item for item in env if item["name"] not in overridden] + [dict(item) for item in extra]
 
 
-def engine_args(resource: Resource) -> list[str]:
-    spec, plan = resource.spec, model_plan(resource)
-    engine = spec.engine
-    args = ["serve", plan.serve_path, "--host", "0.0.0.0", "--port", str(names.ENGINE_PORT),
+def engine_args(resource: Resource, serve_path: str | None = None) -> list[str]:
+    """`ovllm serve` flags; serve_path overrides the plan's model directory."""
+    engine = resource.spec.engine
+    args = ["serve", serve_path or model_plan(resource).serve_path,
+            "--host", "0.0.0.0", "--port", str(names.ENGINE_PORT),
             "--served-model-name", resource.served_model_name,
             "--max-num-seqs", str(engine.max_num_seqs),
             "--max-num-batched-tokens", str(engine.max_num_batched_tokens),
@@ -167,12 +173,31 @@ def check(resource: Resource) -> None:
         )
 
 
-def _security(pod: bool) -> dict:
-    if pod:
-        return {"runAsNonRoot": True, "runAsUser": USER_ID, "runAsGroup": USER_ID, "fsGroup": USER_ID,
-                "seccompProfile": {"type": "RuntimeDefault"}}
+def _container_security() -> dict:
     return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]}}
+
+
+def _pod_spec(resource: Resource, containers: list[dict], volumes: list[dict], **extra) -> dict:
+    """What the engine pod and the conversion pod share: non-root with the runtime's seccomp profile,
+    no service account token, and the same placement (conversion runs torch's CPU kernels, so it
+    needs the same instruction-set floor as the engine)."""
+    spec = resource.spec
+    pod_spec = {
+        "containers": containers,
+        "volumes": volumes,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": USER_ID, "runAsGroup": USER_ID, "fsGroup": USER_ID,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "affinity": merge_affinity(spec.affinity, spec.cpu.min_isa),
+        **extra,
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(item) for item in spec.tolerations]
+    return pod_spec
 
 
 def _volumes(resource: Resource, models_read_only: bool) -> tuple[list[dict], list[dict]]:
@@ -198,7 +223,7 @@ def converter(resource: Resource, output: str, hf_home: str) -> dict:
     conversion Job, or as the engine pod's init container when there is no model cache."""
     spec = resource.spec
     env = [
-        {"name": QUANTIZED_WEIGHTS, "value": "ON" if spec.model.weight_format == "int8" else "OFF"},
+        quantized_weights_switch(resource),
         {"name": "HF_HOME", "value": hf_home},
         {"name": "HOME", "value": "/tmp"},
     ]
@@ -213,7 +238,7 @@ def converter(resource: Resource, output: str, hf_home: str) -> dict:
         "args": ["convert", source_path(resource), "--output", output, *conversion_flags(resource)],
         "env": env,
         "resources": {"requests": {"cpu": str(spec.cpu.cores), "memory": memory}, "limits": {"memory": memory}},
-        "securityContext": _security(pod=False),
+        "securityContext": _container_security(),
     }
 
 
@@ -221,9 +246,6 @@ def pod_template(resource: Resource, serve_path: str | None = None) -> dict:
     """The engine pod. serve_path overrides the plan's model directory: while a new conversion runs,
     the pods keep serving the last converted model."""
     spec = resource.spec
-    args = engine_args(resource)
-    if serve_path:
-        args[1] = serve_path
     memory = sizing.engine_memory(spec)
     cores = str(spec.cpu.cores)
     health = {"httpGet": {"path": "/health", "port": "http"}}
@@ -234,7 +256,7 @@ def pod_template(resource: Resource, serve_path: str | None = None) -> dict:
         "image": spec.engine.image,
         "imagePullPolicy": spec.engine.image_pull_policy,
         "command": ["ovllm"],
-        "args": args,
+        "args": engine_args(resource, serve_path),
         "env": engine_env(resource),
         "ports": [{"name": "http", "containerPort": names.ENGINE_PORT, "protocol": "TCP"}],
         # Guaranteed QoS (requests equal limits): a static CPU manager can pin the engine's threads.
@@ -244,32 +266,21 @@ def pod_template(resource: Resource, serve_path: str | None = None) -> dict:
                          "failureThreshold": math.ceil(LOAD_SECONDS / PROBE_PERIOD)},
         "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 2},
         "livenessProbe": {**health, "periodSeconds": 10, "failureThreshold": 6, "timeoutSeconds": 5},
-        "securityContext": _security(pod=False),
+        "securityContext": _container_security(),
         "volumeMounts": mounts,
     }
     annotations = {}
     if spec.metrics.enabled:
         annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(names.ENGINE_PORT),
                        "prometheus.io/path": "/metrics"}
-    pod_spec = {
-        "containers": [container],
-        "volumes": volumes,
-        "securityContext": _security(pod=True),
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": SHUTDOWN_GRACE_SECONDS + 10,
-        "affinity": merge_affinity(spec.affinity, spec.cpu.min_isa),
-    }
+    pod_spec = _pod_spec(resource, [container], volumes,
+                         terminationGracePeriodSeconds=SHUTDOWN_GRACE_SECONDS + 10)
     if plan.convert_in_pod:
         # Without a model cache each pod converts for itself, into its emptyDir, before the engine
         # starts: the engine image stays free of torch.
         init = converter(resource, plan.serve_path, f"{CACHE_MOUNT}/huggingface")
         init["volumeMounts"] = [mount for mount in mounts if mount["name"] != "models"]
         pod_spec["initContainers"] = [init]
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = [dict(item) for item in spec.tolerations]
     metadata = {"labels": names.labels(resource.name)}
     if annotations:
         metadata["annotations"] = annotations
@@ -344,24 +355,10 @@ def conversion_job(resource: Resource) -> dict | None:
     plan = model_plan(resource)
     if not plan.uses_job:
         return None
-    spec = resource.spec
     volumes, mounts = _volumes(resource, models_read_only=False)
     # Downloads land on the cache volume too: a retried Job does not download again.
     container = {**converter(resource, plan.serve_path, f"{names.MODELS_MOUNT}/.huggingface"), "volumeMounts": mounts}
-    pod_spec = {
-        "restartPolicy": "Never",
-        "containers": [container],
-        "volumes": volumes,
-        "securityContext": _security(pod=True),
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        # Conversion runs torch's CPU kernels: the same instruction-set floor as the engine.
-        "affinity": merge_affinity(spec.affinity, spec.cpu.min_isa),
-    }
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = [dict(item) for item in spec.tolerations]
+    pod_spec = _pod_spec(resource, [container], volumes, restartPolicy="Never")
     job_spec = {
         "backoffLimit": 2,
         "template": {"metadata": {"labels": names.labels(resource.name, "converter")}, "spec": pod_spec},

@@ -64,10 +64,11 @@ def reconcile(body: Mapping, kube: Kube, emit: Emit) -> dict:
         job = kube.create_if_absent(builders.conversion_job(resource))
         applied.append(job)
         observed.job = status.job_state(job.object)
-        observed.job_pods_waiting = unschedulable(kube, namespace, f"job-name={observed.job.name}")
         if observed.job.state == "succeeded":
             remove_other_jobs(kube, resource, keep=observed.job.name)
         else:
+            if observed.job.state == "running":  # only a pending conversion has a scheduler's reason
+                observed.job_pods_waiting = unschedulable(kube, namespace, f"job-name={observed.job.name}")
             # Until the new conversion is done, the pods keep serving the last converted model.
             serve_path = serving_path(current)
     if serve_path:

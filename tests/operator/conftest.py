@@ -34,6 +34,7 @@ def _load(name: str, path: Path):
 _shared = _load("ovllm_tests_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
 # Re-exported: test modules collected after this file that do `from conftest import ...` get this one.
 ROOT, IN_CI, require, require_module = _shared.ROOT, _shared.IN_CI, _shared.require, _shared.require_module
+free_port = _shared.free_port
 controlplane = _load("ovllm_controlplane", ROOT / "hack" / "controlplane.py")
 NODES = controlplane.NODES
 FAILS_TO_CONVERT = controlplane.FAILS_TO_CONVERT
@@ -69,26 +70,31 @@ def kube(control_plane):
     api_client.close()
 
 
-@pytest.fixture
-def namespace(kube, request) -> str:
-    """A fresh namespace (its name), deleted with everything in it after the test. Returned once its
-    default ServiceAccount exists: until then the API server refuses pods created in it."""
-    from kubernetes import client
+def create_namespace(core, name: str) -> str:
+    """Create a namespace and return its name once its default ServiceAccount exists: until then the
+    API server refuses pods created in it."""
     from kubernetes.client.exceptions import ApiException
 
-    core = client.CoreV1Api(kube)
-    test = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
-    name = f"t-{test}-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": name}})
     deadline = time.monotonic() + 30
     while True:
         try:
             core.read_namespaced_service_account("default", name)
-            break
+            return name
         except ApiException as exc:
             if exc.status != 404 or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+@pytest.fixture
+def namespace(kube, request) -> str:
+    """A fresh namespace (its name), deleted with everything in it after the test."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube)
+    test = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    name = create_namespace(core, f"t-{test}-{uuid.uuid4().hex[:6]}")
     yield name
     core.delete_namespace(name, propagation_policy="Background")
 

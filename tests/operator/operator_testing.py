@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,9 +14,9 @@ from pathlib import Path
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import free_port
+
 GROUP, VERSION, PLURAL = "ovllm.io", "v1alpha1", "ovllmdeployments"
-NFD = "feature.node.kubernetes.io/cpu-cpuid."
 RESYNC = 2
 
 
@@ -37,12 +36,6 @@ def wait_for(what: str, check, timeout: float = 60.0, interval: float = 0.5, exp
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:g}s waiting for {what}; "
                 f"{explain() if explain else f'last: {last!r}'}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Operator:

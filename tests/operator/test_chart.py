@@ -13,9 +13,9 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from operator_testing import Operator, wait_for, wait_phase
+from operator_testing import Operator, wait_phase
 
-from conftest import ROOT, controlplane, require
+from conftest import ROOT, controlplane, create_namespace, require
 
 CHART = ROOT / "charts" / "ovllm-operator"
 
@@ -138,10 +138,7 @@ def test_helm_install_runs_the_examples_with_the_charts_rights_and_uninstalls_cl
     assert deployment.status.available_replicas == 1  # kwok runs the pod
     client.ApiextensionsV1Api(kube).read_custom_resource_definition("ovllmdeployments.ovllm.io")
 
-    examples_namespace = f"examples-{uuid.uuid4().hex[:6]}"
-    api.core.create_namespace({"metadata": {"name": examples_namespace}})
-    wait_for("the namespace's ServiceAccount", lambda: api.core.read_namespaced_service_account(
-        "default", examples_namespace))
+    examples_namespace = create_namespace(api.core, f"examples-{uuid.uuid4().hex[:6]}")
     as_chart = service_account_kubeconfig(kube, control_plane.kubeconfig, release_namespace, "ovllm-ovllm-operator",
                                           tmp_path / "operator-kubeconfig")
     operator = Operator(as_chart, tmp_path / "operator.log", *local_args(deployment))
@@ -190,10 +187,8 @@ def test_helm_install_runs_the_examples_with_the_charts_rights_and_uninstalls_cl
 
 @pytest.mark.e2e
 def test_a_namespace_scoped_install_works_with_roles_alone(helm, control_plane, kube, api, tmp_path):
-    watched = f"team-{uuid.uuid4().hex[:6]}"
+    watched = create_namespace(api.core, f"team-{uuid.uuid4().hex[:6]}")
     release_namespace = f"ovllm-ns-{uuid.uuid4().hex[:6]}"
-    api.core.create_namespace({"metadata": {"name": watched}})
-    wait_for("the namespace's ServiceAccount", lambda: api.core.read_namespaced_service_account("default", watched))
     run_helm(helm, "install", "scoped", str(CHART), "--kubeconfig", str(control_plane.kubeconfig),
              "--namespace", release_namespace, "--create-namespace", "--set", f"watchNamespaces={{{watched}}}",
              "--wait", "--timeout", "120s")
