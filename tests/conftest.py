@@ -65,11 +65,11 @@ class Server:
     """A real `ovllm serve` process on 127.0.0.1, with its log kept for assertions and failures."""
 
     def __init__(self, model: Path | str, *args: str, env: dict | None = None, log_path: Path,
-                 python: str = sys.executable):
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+                 python: str = sys.executable, host: str = "127.0.0.1", port: int | None = None):
+        self.port = port or free_port()
+        self.base_url = f"http://{host}:{self.port}"
         self.log_path = log_path
-        command = [python, "-m", "ovllm_engine.cli", "serve", str(model), "--host", "127.0.0.1",
+        command = [python, "-m", "ovllm_engine.cli", "serve", str(model), "--host", host,
                    "--port", str(self.port), *args]
         self._log = open(log_path, "wb")  # noqa: SIM115 (open for the process's whole life)
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
@@ -131,8 +131,9 @@ def start_server(tmp_path):
     servers: list[Server] = []
 
     def start(model: Path | str, *args: str, env: dict | None = None, ready: bool = True,
-              python: str = sys.executable) -> Server:
-        server = Server(model, *args, env=env, log_path=tmp_path / f"server-{len(servers)}.log", python=python)
+              python: str = sys.executable, host: str = "127.0.0.1", port: int | None = None) -> Server:
+        server = Server(model, *args, env=env, log_path=tmp_path / f"server-{len(servers)}.log", python=python,
+                        host=host, port=port)
         servers.append(server)
         return server.wait_ready() if ready else server
 

@@ -307,20 +307,122 @@ def deployment(resource: Resource, serve_path: str | None = None) -> dict:
 
 
 def service(resource: Resource) -> dict:
+    """The resource's endpoint: the engine pods, or the router in front of them when it is enabled."""
     spec = resource.spec.service
-    metadata = resource.metadata(resource.name)
+    routed = resource.spec.router.enabled
+    metadata = resource.metadata(resource.name, component="router" if routed else "engine")
     if spec.annotations:
         metadata["annotations"] = dict(spec.annotations)
+    selector = names.router_selector_labels(resource.name) if routed else names.selector_labels(resource.name)
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata,
         "spec": {
             "type": spec.type,
-            "selector": names.selector_labels(resource.name),
+            "selector": selector,
             "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
+
+
+def engines_service(resource: Resource) -> dict:
+    """A headless Service of the engine pods: its EndpointSlices list the ready engines, which the
+    router watches, and Prometheus scrapes the engines through it while the main Service fronts
+    the router."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": resource.metadata(names.engines_service_name(resource.name)),
+        "spec": {
+            "clusterIP": "None",
+            "selector": names.selector_labels(resource.name),
+            "ports": [{"name": "http", "port": names.ENGINE_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def router_args(resource: Resource) -> list[str]:
+    router = resource.spec.router
+    return ["router", "--host", "0.0.0.0", "--port", str(names.ENGINE_PORT),
+            "--service", names.engines_service_name(resource.name), "--namespace", resource.namespace,
+            "--strategy", router.strategy, "--prefix-chars", str(router.prefix_chars),
+            "--load-factor", str(router.load_factor)]
+
+
+def router_deployment(resource: Resource) -> dict:
+    """The router's pods: small, anywhere a pod of the resource may run (no instruction-set floor),
+    with a token to watch EndpointSlices and nothing else."""
+    spec, router = resource.spec, resource.spec.router
+    limits = {"cpu": router.cpu, "memory": router.memory}
+    health = {"httpGet": {"path": "/health", "port": "http"}}
+    container = {
+        "name": "router",
+        "image": router.image,
+        "imagePullPolicy": spec.engine.image_pull_policy,
+        "command": ["ovllm"],
+        "args": router_args(resource),
+        "ports": [{"name": "http", "containerPort": names.ENGINE_PORT, "protocol": "TCP"}],
+        "resources": {"requests": dict(limits), "limits": limits},
+        "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {**health, "periodSeconds": 10, "failureThreshold": 6, "timeoutSeconds": 5},
+        "securityContext": _container_security(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    pod_spec = {
+        "serviceAccountName": names.router_name(resource.name),
+        "automountServiceAccountToken": True,
+        "enableServiceLinks": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": USER_ID, "runAsGroup": USER_ID,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        # Streams in flight finish before the pod goes.
+        "terminationGracePeriodSeconds": SHUTDOWN_GRACE_SECONDS + 10,
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(item) for item in spec.tolerations]
+    metadata = {"labels": names.labels(resource.name, "router")}
+    if spec.metrics.enabled:
+        metadata["annotations"] = {"prometheus.io/scrape": "true", "prometheus.io/port": str(names.ENGINE_PORT),
+                                   "prometheus.io/path": "/metrics"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": resource.metadata(names.router_name(resource.name), component="router"),
+        "spec": {
+            "replicas": router.replicas,
+            "selector": {"matchLabels": names.router_selector_labels(resource.name)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "revisionHistoryLimit": 3,
+            "template": {"metadata": metadata, "spec": pod_spec},
+        },
+    }
+
+
+def router_access(resource: Resource) -> list[dict]:
+    """The router's ServiceAccount, and a Role that lets it read EndpointSlices in its namespace
+    only (the operator can grant no more than it holds itself)."""
+    name = names.router_name(resource.name)
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": resource.metadata(name, component="router"),
+         "automountServiceAccountToken": False},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": resource.metadata(name, component="router"),
+         "rules": [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                    "verbs": ["get", "list", "watch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": resource.metadata(name, component="router"),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": resource.namespace}]},
+    ]
+
+
+def router_children(resource: Resource) -> list[dict]:
+    """Everything the router needs, in the order to apply it (access before the pods use it)."""
+    return [*router_access(resource), engines_service(resource), router_deployment(resource)]
 
 
 def pod_disruption_budget(resource: Resource) -> dict | None:
@@ -384,7 +486,10 @@ def service_monitor(resource: Resource) -> dict | None:
         "kind": "ServiceMonitor",
         "metadata": metadata,
         "spec": {
-            "selector": {"matchLabels": names.selector_labels(resource.name)},
+            # The resource's Services: the engines', and the router's when it runs (the router's
+            # own metrics; the engines are then scraped through their headless Service).
+            "selector": {"matchLabels": {"app.kubernetes.io/instance": resource.name,
+                                         "app.kubernetes.io/managed-by": names.FIELD_MANAGER}},
             "namespaceSelector": {"matchNames": [resource.namespace]},
             "endpoints": [{"port": "http", "path": "/metrics", "interval": metrics.interval}],
         },

@@ -25,6 +25,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--priority", type=int, default=0, help="among peers, the highest priority works")
     parser.add_argument("--resync-seconds", type=float, default=10.0,
                         help="re-check every resource this often (finished Jobs, ready pods, drift)")
+    parser.add_argument("--autoscale-seconds", type=float, default=15.0,
+                        help="read the engines' load and decide replicas of autoscaled resources this often")
     parser.add_argument("--log-format", choices=["json", "plain", "full"], default="json",
                         help="json: one JSON object per line, for log collectors")
     parser.set_defaults(func=_run)
@@ -34,6 +36,7 @@ def _run(args: argparse.Namespace) -> int:
     import logging
 
     os.environ["OVLLM_RESYNC_SECONDS"] = str(args.resync_seconds)  # read when handlers register
+    os.environ["OVLLM_AUTOSCALE_SECONDS"] = str(args.autoscale_seconds)
     import kopf
 
     from ovllm_operator import handlers  # noqa: F401 (registers the handlers)
@@ -71,4 +74,4 @@ def _run(args: argparse.Namespace) -> int:
 def _quiet_resync(record) -> bool:
     """Drop kopf's line for every successful resync (one per resource every few seconds); changes
     are logged, and posted as Events, by the reconcile itself."""
-    return not str(record.msg).startswith("Timer 'resync' succeeded")
+    return not str(record.msg).startswith(("Timer 'resync' succeeded", "Timer 'autoscale' succeeded"))

@@ -16,11 +16,12 @@ from collections import defaultdict
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from ovllm_operator import metrics, names
+from ovllm_operator import autoscaler, metrics, names
 from ovllm_operator.kube import Kube
 from ovllm_operator.reconcile import reconcile
 
 RESYNC_SECONDS = float(os.environ.get("OVLLM_RESYNC_SECONDS", "10"))
+AUTOSCALE_SECONDS = float(os.environ.get("OVLLM_AUTOSCALE_SECONDS", "15"))
 
 _kube: Kube | None = None
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
@@ -96,3 +97,22 @@ def on_change(body: kopf.Body, patch: kopf.Patch, reason: str, **_) -> None:
 @kopf.timer(names.GROUP, names.VERSION, names.PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 def resync(body: kopf.Body, patch: kopf.Patch, **_) -> None:
     _run(body, patch, "resync")
+
+
+@kopf.timer(names.GROUP, names.VERSION, names.PLURAL, interval=AUTOSCALE_SECONDS, initial_delay=AUTOSCALE_SECONDS)
+def autoscale(body: kopf.Body, patch: kopf.Patch, **_) -> None:
+    """Every resource, autoscaled or not: one whose autoscaling was turned off loses its
+    status.autoscaling here."""
+    try:
+        new = autoscaler.step(body, _client(), lambda type_, reason, message: kopf.event(
+            body, type=type_, reason=reason, message=message))
+    except ApiException as exc:
+        raise kopf.TemporaryError(f"Kubernetes API: {exc.status} {exc.reason}", delay=5) from exc
+    written = None if new is None else {key: value for key, value in new.items() if value is not None}
+    if (body.get("status") or {}).get("autoscaling") != written:
+        patch.status["autoscaling"] = new  # its None values remove those keys (a merge patch)
+
+
+@kopf.on.delete(names.GROUP, names.VERSION, names.PLURAL, optional=True)  # optional: no finalizer
+def forget(body: kopf.Body, **_) -> None:
+    autoscaler.RECOMMENDER.forget(body["metadata"]["uid"])

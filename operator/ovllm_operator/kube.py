@@ -97,6 +97,11 @@ class Kube:
             raise
         return True
 
+    def scale(self, group: str, version: str, plural: str, namespace: str, name: str, replicas: int) -> None:
+        """Set replicas through the scale subresource, as `kubectl scale` and HPAs do."""
+        k8s.CustomObjectsApi(self.api_client).patch_namespaced_custom_object_scale(
+            group, version, namespace, plural, name, {"spec": {"replicas": replicas}})
+
     def serves(self, group: str, version: str, kind: str, cache_seconds: float = 30.0) -> bool:
         """Whether the API server serves a kind (say, ServiceMonitor once its CRD is installed).
         Asks discovery, which every client may read, so a namespace-scoped operator needs no

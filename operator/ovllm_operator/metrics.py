@@ -17,3 +17,9 @@ CHILD_CHANGES = Counter(
 TRANSITIONS = Counter(
     "ovllm_operator_condition_transitions_total", "Status condition changes", ["type", "status", "reason"]
 )
+SCALINGS = Counter(
+    "ovllm_operator_autoscaler_scalings_total", "Times the autoscaler changed spec.replicas", ["direction"]
+)
+AUTOSCALE_STEPS = Counter(
+    "ovllm_operator_autoscaler_steps_total", "Autoscaler steps by decision reason", ["reason"]
+)

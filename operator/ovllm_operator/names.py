@@ -34,6 +34,20 @@ def labels(name: str, component: str = "engine") -> dict[str, str]:
     }
 
 
+def router_selector_labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "ovllm-router", "app.kubernetes.io/instance": name}
+
+
+def router_name(name: str) -> str:
+    """The router's Deployment, ServiceAccount, Role and RoleBinding."""
+    return f"{name}-router"
+
+
+def engines_service_name(name: str) -> str:
+    """The headless Service of the engine pods, whose EndpointSlices the router watches."""
+    return f"{name}-engines"
+
+
 def selector_string(name: str) -> str:
     """The engine pods' selector as the scale subresource and HPAs read it (status.selector)."""
     return ",".join(f"{key}={value}" for key, value in sorted(selector_labels(name).items()))

@@ -55,6 +55,8 @@ def reconcile(body: Mapping, kube: Kube, emit: Emit) -> dict:
     if kube.serves("monitoring.coreos.com", "v1", "ServiceMonitor"):
         applied += sync_optional(kube, resource, builders.service_monitor(resource), "monitoring.coreos.com/v1",
                                  "ServiceMonitor")
+    router_applied, observed.router = sync_router(kube, resource, had_router=bool(previous.get("router")))
+    applied += router_applied
     if claim := builders.cache_claim(resource):
         applied.append(kube.create_if_absent(claim))
 
@@ -112,11 +114,37 @@ def sync_optional(kube: Kube, resource: builders.Resource, body: dict | None, ap
     """Apply a child the spec asks for; delete ours when the spec no longer asks for it."""
     if body is not None:
         return [kube.apply(body)]
-    existing = kube.get(api_version, kind, resource.namespace, resource.name)
+    return remove_owned(kube, resource, api_version, kind, resource.name)
+
+
+def remove_owned(kube: Kube, resource: builders.Resource, api_version: str, kind: str, name: str) -> list[Applied]:
+    """Delete a child if it exists and is ours (never an object someone else made with that name)."""
+    existing = kube.get(api_version, kind, resource.namespace, name)
     if existing and _owned_by(existing, resource):
-        kube.delete(api_version, kind, resource.namespace, resource.name)
+        kube.delete(api_version, kind, resource.namespace, name)
         return [Applied(existing, "deleted")]
     return []
+
+
+# The router's children, in the order they are removed when spec.router is turned off.
+ROUTER_CHILDREN = (("apps/v1", "Deployment", names.router_name), ("v1", "Service", names.engines_service_name),
+                   ("rbac.authorization.k8s.io/v1", "RoleBinding", names.router_name),
+                   ("rbac.authorization.k8s.io/v1", "Role", names.router_name),
+                   ("v1", "ServiceAccount", names.router_name))
+
+
+def sync_router(kube: Kube, resource: builders.Resource, had_router: bool) -> tuple[list[Applied], dict | None]:
+    """Apply the router's children when it is enabled, and return its Deployment as read back.
+    Turned off, they are removed once (the status still showing a router is the sign to look: a
+    resource that never had one costs no reads)."""
+    if resource.spec.router.enabled:
+        applied = [kube.apply(body) for body in builders.router_children(resource)]
+        return applied, applied[-1].object
+    removed: list[Applied] = []
+    if had_router:
+        for api_version, kind, name_of in ROUTER_CHILDREN:
+            removed += remove_owned(kube, resource, api_version, kind, name_of(resource.name))
+    return removed, None
 
 
 def remove_other_jobs(kube: Kube, resource: builders.Resource, keep: str) -> None:

@@ -130,6 +130,35 @@ class PodDisruptionBudgetSpec(_Model):
         return self
 
 
+class AutoscalingSpec(_Model):
+    enabled: bool = True
+    min_replicas: int = Field(default=1, ge=1)
+    max_replicas: int = Field(ge=1)
+    metric: Literal["waitingRequests", "inFlightRequests", "kvCacheUsage"] = "inFlightRequests"
+    target: float = Field(gt=0)
+    scale_up_stabilization_seconds: int = Field(default=0, ge=0, le=3600)
+    scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> AutoscalingSpec:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("maxReplicas must be at least minReplicas")
+        if self.metric == "kvCacheUsage" and self.target > 1:
+            raise ValueError("a kvCacheUsage target is a fraction of the KV cache: at most 1")
+        return self
+
+
+class RouterSpec(_Model):
+    enabled: bool = False
+    image: str = "ghcr.io/ovllm/ovllm-router:0.1.0"
+    replicas: int = Field(default=1, ge=1)
+    strategy: Literal["prefix-hash", "least-load", "round-robin"] = "prefix-hash"
+    prefix_chars: int = Field(default=100, ge=1)
+    load_factor: float = Field(default=1.25, ge=1)
+    cpu: str = Field(default="1", pattern=r"^[0-9]+(\.[0-9]+)?m?$")
+    memory: str = Field(default="512Mi", pattern=QUANTITY)
+
+
 class OVLLMDeploymentSpec(_Model):
     model: ModelSpec
     replicas: int = Field(default=1, ge=0)
@@ -143,6 +172,12 @@ class OVLLMDeploymentSpec(_Model):
     tolerations: tuple[dict[str, Any], ...] = ()
     affinity: dict[str, Any] = Field(default_factory=dict)
     pod_disruption_budget: PodDisruptionBudgetSpec | None = None
+    autoscaling: AutoscalingSpec | None = None
+    router: RouterSpec = Field(default_factory=RouterSpec)
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.autoscaling is not None and self.autoscaling.enabled
 
 
 def parse_spec(spec: dict) -> OVLLMDeploymentSpec:

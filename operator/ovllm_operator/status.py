@@ -38,6 +38,7 @@ class Observed:
     problems: list[str] = field(default_factory=list)  # e.g. a missing Secret
     job_pods_waiting: list[str] = field(default_factory=list)  # the scheduler's reasons
     engine_pods_waiting: list[str] = field(default_factory=list)
+    router: dict | None = None  # the router's Deployment as read back, when spec.router is enabled
 
 
 def job_state(job: dict) -> JobState:
@@ -108,8 +109,12 @@ def conditions(observed: Observed) -> list[dict]:
         available = _condition("Available", False, "NoEnginePods", "no engine pods yet: the model is not ready")
     elif wanted == 0:
         available = _condition("Available", False, "ScaledToZero", "spec.replicas is 0")
+    elif ready >= 1 and observed.router is not None and not _deployment_numbers(observed.router)["readyReplicas"]:
+        available = _condition("Available", False, "NoReadyRouter",
+                               f"{ready} of {wanted} engine pod(s) ready, but no router pod is ready yet")
     elif ready >= 1:
-        available = _condition("Available", True, "EnginesReady", f"{ready} of {wanted} engine pod(s) ready")
+        through = " behind the router" if observed.router is not None else ""
+        available = _condition("Available", True, "EnginesReady", f"{ready} of {wanted} engine pod(s) ready{through}")
     else:
         waiting = "; ".join(observed.engine_pods_waiting[:3])
         available = _condition("Available", False, "NoReadyEngines", f"0 of {wanted} engine pod(s) ready"
@@ -182,6 +187,9 @@ def compute(observed: Observed, previous: dict | None, now: datetime.datetime | 
     }
     if observed.model_path:
         status["modelPath"] = observed.model_path
+    # None removes the key (a merge patch) once the router is turned off.
+    router = _deployment_numbers(observed.router) if observed.router is not None else None
+    status["router"] = {"replicas": router["replicas"], "readyReplicas": router["readyReplicas"]} if router else None
     return status
 
 

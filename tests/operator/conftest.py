@@ -129,6 +129,7 @@ def api(control_plane, kube):
         batch = client.BatchV1Api(kube)
         policy = client.PolicyV1Api(kube)
         autoscaling = client.AutoscalingV2Api(kube)
+        rbac = client.RbacAuthorizationV1Api(kube)
         ext = extensions
 
     # Volumes for model caches: the claims the operator creates bind to them (the PV binder is real),

@@ -262,3 +262,63 @@ def test_pdb_and_service_monitor():
 def test_invalid_specs_name_the_field(spec, message):
     with pytest.raises(SpecError, match=message.replace(".", r"\.")):
         make(spec)
+
+
+def test_without_a_router_the_service_selects_the_engines_and_nothing_else_is_built():
+    resource = make(HUB)
+    assert builders.service(resource)["spec"]["selector"] == names.selector_labels("chat")
+    monitor = builders.service_monitor(resource)
+    # One selector for the engines' Service, and the router's when there is one.
+    assert monitor["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/instance": "chat",
+                                                         "app.kubernetes.io/managed-by": "ovllm-operator"}
+    assert builders.service(resource)["metadata"]["labels"].items() >= monitor["spec"]["selector"][
+        "matchLabels"].items()
+
+
+def test_a_router_fronts_the_engines_with_only_the_rights_to_watch_endpointslices():
+    resource = make({**HUB, "router": {"enabled": True, "strategy": "least-load", "replicas": 2,
+                                       "prefixChars": 200, "loadFactor": 1.5},
+                     "tolerations": [{"key": "llm", "operator": "Exists"}]})
+    service = builders.service(resource)
+    assert service["spec"]["selector"] == names.router_selector_labels("chat")
+    assert service["spec"]["ports"][0]["port"] == 8000
+    kinds = [(child["kind"], child["metadata"]["name"]) for child in builders.router_children(resource)]
+    assert kinds == [("ServiceAccount", "chat-router"), ("Role", "chat-router"), ("RoleBinding", "chat-router"),
+                     ("Service", "chat-engines"), ("Deployment", "chat-router")]
+    account, role, binding, engines, deployment = builders.router_children(resource)
+    assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                              "verbs": ["get", "list", "watch"]}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "chat-router", "namespace": "team-a"}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert engines["spec"]["clusterIP"] == "None"
+    assert engines["spec"]["selector"] == names.selector_labels("chat")
+    assert engines["metadata"]["labels"].items() >= builders.service_monitor(resource)["spec"]["selector"][
+        "matchLabels"].items()
+    pod = deployment["spec"]["template"]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["selector"]["matchLabels"] == names.router_selector_labels("chat")
+    assert pod["metadata"]["labels"].items() >= names.router_selector_labels("chat").items()
+    # No router pod may ever count as an engine replica or receive the engines' traffic.
+    assert not pod["metadata"]["labels"].items() >= names.selector_labels("chat").items()
+    assert pod["spec"]["serviceAccountName"] == "chat-router" and pod["spec"]["automountServiceAccountToken"]
+    assert pod["spec"]["tolerations"] == [{"key": "llm", "operator": "Exists"}]
+    assert "affinity" not in pod["spec"]  # the router needs no instruction-set floor
+    (container,) = pod["spec"]["containers"]
+    assert container["args"] == ["router", "--host", "0.0.0.0", "--port", "8000", "--service", "chat-engines",
+                                 "--namespace", "team-a", "--strategy", "least-load", "--prefix-chars", "200",
+                                 "--load-factor", "1.5"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] and pod["spec"]["securityContext"]["runAsNonRoot"]
+    assert container["resources"]["requests"] == container["resources"]["limits"] == {"cpu": "1", "memory": "512Mi"}
+    for child in builders.router_children(resource):
+        assert child["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+
+
+@pytest.mark.parametrize(("autoscaling", "message"), [
+    ({"minReplicas": 3, "maxReplicas": 2, "target": 4}, "maxReplicas must be at least minReplicas"),
+    ({"maxReplicas": 2, "metric": "kvCacheUsage", "target": 80}, "at most 1"),
+    ({"maxReplicas": 2, "target": 0}, "spec.autoscaling.target"),
+    ({"maxReplicas": 2}, "spec.autoscaling.target"),
+])
+def test_invalid_autoscaling_is_refused_naming_the_field(autoscaling, message):
+    with pytest.raises(SpecError, match=message):
+        make({**HUB, "autoscaling": autoscaling})

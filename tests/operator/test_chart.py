@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from operator_testing import Operator, wait_phase
+from operator_testing import Operator, wait_for, wait_phase
 
 from conftest import ROOT, controlplane, create_namespace, require
 
@@ -153,7 +153,7 @@ def test_helm_install_runs_the_examples_with_the_charts_rights_and_uninstalls_cl
                     api.custom.create_namespaced_custom_object("ovllm.io", "v1alpha1", examples_namespace,
                                                                "ovllmdeployments", doc)
                     names.append(doc["metadata"]["name"])
-        assert len(names) == 3
+        assert len(names) == 4
         for name in names:
             ready = wait_phase(api, examples_namespace, name, "Ready", 120)
             assert ready["status"]["readyReplicas"] == ready["spec"]["replicas"]
@@ -195,13 +195,19 @@ def test_a_namespace_scoped_install_works_with_roles_alone(helm, control_plane, 
     deployment = client.AppsV1Api(kube).read_namespaced_deployment("scoped-ovllm-operator", release_namespace)
     as_chart = service_account_kubeconfig(kube, control_plane.kubeconfig, release_namespace, "scoped-ovllm-operator",
                                           tmp_path / "kubeconfig")
-    operator = Operator(as_chart, tmp_path / "operator.log", *local_args(deployment))
+    operator = Operator(as_chart, tmp_path / "operator.log", *local_args(deployment), "--autoscale-seconds", "1")
     try:
         api.custom.create_namespaced_custom_object("ovllm.io", "v1alpha1", watched, "ovllmdeployments", {
             "apiVersion": "ovllm.io/v1alpha1", "kind": "OVLLMDeployment", "metadata": {"name": "scoped"},
             "spec": {"model": {"imagePath": "/opt/models/qwen"}, "cpu": {"memory": "8Gi"},
-                     "podDisruptionBudget": {"minAvailable": 0}}})
-        wait_phase(api, watched, "scoped", "Ready")
+                     "podDisruptionBudget": {"minAvailable": 0}, "router": {"enabled": True},
+                     "autoscaling": {"minReplicas": 2, "maxReplicas": 3, "target": 8}}})
+        # Below minReplicas: the autoscaler scales up through the scale subresource at once, and
+        # the router's Role is granted, with the Roles alone.
+        wait_for("the autoscaler to reach minReplicas", lambda: api.custom.get_namespaced_custom_object(
+            "ovllm.io", "v1alpha1", watched, "ovllmdeployments", "scoped")["spec"]["replicas"] == 2, 60)
+        ready = wait_phase(api, watched, "scoped", "Ready")
+        assert ready["status"]["router"]["readyReplicas"] == 1
         assert "Forbidden" not in operator.log()
     finally:
         operator.stop()

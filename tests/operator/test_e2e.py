@@ -155,8 +155,10 @@ def test_a_pod_spec_change_rolls_the_pods_and_a_service_change_restarts_nothing(
 
 
 def test_deleting_the_resource_garbage_collects_its_children(api, operator, namespace):
-    create(api, namespace, "doomed", {**CACHED, "replicas": 1})
+    create(api, namespace, "doomed", {**CACHED, "replicas": 1, "router": {"enabled": True}})
     wait_phase(api, namespace, "doomed", "Ready", 90)
+    ours = "app.kubernetes.io/instance=doomed"
+    assert api.core.list_namespaced_service_account(namespace, label_selector=ours).items  # the router's
     api.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "doomed")
 
     def gone():
@@ -166,6 +168,9 @@ def test_deleting_the_resource_garbage_collects_its_children(api, operator, name
             ("Job", api.batch.list_namespaced_job(namespace).items),
             ("PersistentVolumeClaim", api.core.list_namespaced_persistent_volume_claim(namespace).items),
             ("PodDisruptionBudget", api.policy.list_namespaced_pod_disruption_budget(namespace).items),
+            ("ServiceAccount", api.core.list_namespaced_service_account(namespace, label_selector=ours).items),
+            ("Role", api.rbac.list_namespaced_role(namespace).items),
+            ("RoleBinding", api.rbac.list_namespaced_role_binding(namespace).items),
         ) if items]
         return not left or None
 
@@ -188,6 +193,16 @@ def test_deleting_the_resource_garbage_collects_its_children(api, operator, name
     ({"model": {"hub": "Qwen/Qwen2.5-0.5B-Instruct"},
       "engine": {"extraEnv": [{"name": "VLLM_OPENVINO_KVCACHE_SPACE", "value": "1"}]}},
      "spec.engine.extraEnv"),
+    ({"model": {"hub": "Qwen/Qwen2.5-0.5B-Instruct"}, "autoscaling": {"minReplicas": 4, "maxReplicas": 2,
+                                                                       "target": 8}},
+     "spec.autoscaling.maxReplicas must be at least minReplicas"),
+    ({"model": {"hub": "Qwen/Qwen2.5-0.5B-Instruct"}, "autoscaling": {"maxReplicas": 2, "metric": "kvCacheUsage",
+                                                                       "target": 80}},
+     "a kvCacheUsage target is a fraction"),
+    ({"model": {"hub": "Qwen/Qwen2.5-0.5B-Instruct"}, "autoscaling": {"maxReplicas": 2}},
+     "spec.autoscaling.target: Required value"),
+    ({"model": {"hub": "Qwen/Qwen2.5-0.5B-Instruct"}, "router": {"enabled": True, "strategy": "random"}},
+     "spec.router.strategy"),
 ])
 def test_the_api_server_rejects_invalid_specs_naming_the_field(api, namespace, spec, message):
     with pytest.raises(ApiException) as caught:

@@ -122,3 +122,13 @@ def test_job_state_reads_job_conditions():
     assert status.job_state({"metadata": {"name": "j"}, "status": {}}).state == "running"
     done = {"metadata": {"name": "j"}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
     assert status.job_state(done).state == "succeeded"
+
+
+def test_with_a_router_the_fleet_is_available_only_once_a_router_pod_is_ready():
+    waiting = status.compute(observed(deployment=deployment(), router=deployment(replicas=1, ready=0)), None)
+    assert by_type(waiting)["Available"] == ("False", "NoReadyRouter")
+    assert waiting["router"] == {"replicas": 1, "readyReplicas": 0}
+    ready = status.compute(observed(deployment=deployment(), router=deployment(replicas=1, ready=1)), None)
+    assert by_type(ready)["Available"] == ("True", "EnginesReady") and ready["phase"] == "Ready"
+    # Without a router the key is null, which the status patch turns into its removal.
+    assert status.compute(observed(deployment=deployment()), None)["router"] is None

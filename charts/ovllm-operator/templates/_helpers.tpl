@@ -39,12 +39,28 @@ server-side apply (patch, and create for a new object).
 - apiGroups: [ovllm.io]
   resources: [ovllmdeployments/status]
   verbs: [get, patch]
+# The autoscaler changes replicas as `kubectl scale` does.
+- apiGroups: [ovllm.io]
+  resources: [ovllmdeployments/scale]
+  verbs: [get, patch]
+# Engine and router Deployments; the router's are removed when spec.router is turned off.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, create, patch]
+  verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create, patch]
+  verbs: [get, create, patch, delete]
+# The router's identity, and its Role to read EndpointSlices: Kubernetes lets the operator grant
+# only what it holds itself, hence the endpointslices rule below.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, create, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, create, patch, delete]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, create, delete]
@@ -57,7 +73,7 @@ server-side apply (patch, and create for a new object).
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [get, create]
-# Why a pod is not scheduled goes into status.
+# Why a pod is not scheduled goes into status; the autoscaler finds the ready engine pods' addresses.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
