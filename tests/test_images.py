@@ -11,8 +11,8 @@ from conftest import ROOT
 
 DOCKERFILE = (ROOT / "Dockerfile.openvino").read_text()
 EXTRAS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-ROLES = {"engine": "serve", "converter": "convert", "operator": "operator"}
-EXTRA_OF_TARGET = {"engine": "engine", "converter": "convert", "operator": "operator"}
+ROLES = {"engine": "serve", "converter": "convert", "operator": "operator", "router": "router"}
+EXTRA_OF_TARGET = {"engine": "engine", "converter": "convert", "operator": "operator", "router": "router"}
 
 
 def stages() -> dict[str, str]:
@@ -53,3 +53,4 @@ def test_role_images_hold_nothing_of_the_others():
 
     assert not names("operator") & {"openvino", "openvino-genai", "torch", "optimum-intel", "nncf"}
     assert not names("engine") & {"torch", "optimum-intel", "nncf", "kopf"}
+    assert not names("router") & {"openvino", "openvino-genai", "openvino-tokenizers", "torch", "kopf", "pydantic"}

@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ovllm_engine.onboard import cli as convert_cli
     from ovllm_engine.server import args as serve_args
     from ovllm_operator import cli as operator_cli
+    from ovllm_router import cli as router_cli
 
     parser = argparse.ArgumentParser(
         prog="ovllm",
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cli.add_parser(subparsers)
     testmodels.add_parser(subparsers)
     operator_cli.add_parser(subparsers)
+    router_cli.add_parser(subparsers)
     return parser
 
 

@@ -366,6 +366,8 @@ def router_deployment(resource: Resource) -> dict:
         "resources": {"requests": dict(limits), "limits": limits},
         "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 2},
         "livenessProbe": {**health, "periodSeconds": 10, "failureThreshold": 6, "timeoutSeconds": 5},
+        # The router stops listening on SIGTERM: first let the Service's endpoints drop this pod.
+        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
         "securityContext": _container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }

@@ -79,3 +79,16 @@ def test_operator_names_the_engine_contract_variables():
     assert builders.QUANTIZED_WEIGHTS == config.QUANTIZED_WEIGHTS
     assert builders.INFERENCE_THREADS == config.INFERENCE_THREADS
     assert builders.API_KEY == config.API_KEY
+
+
+def test_the_router_pod_asks_the_router_for_what_the_spec_says():
+    resource = Resource.from_body({"metadata": {"name": "chat", "namespace": "ns", "uid": "u"}, "spec": {
+        "model": {"hub": "Qwen/Qwen2.5-0.5B-Instruct"},
+        "router": {"enabled": True, "strategy": "round-robin", "prefixChars": 300, "loadFactor": 2}}})
+    (container,) = builders.router_deployment(resource)["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["ovllm"]
+    args = build_parser().parse_args(container["args"])
+    assert args.command == "router"
+    assert (args.service, args.namespace, args.strategy, args.prefix_chars, args.load_factor, args.port) == (
+        "chat-engines", "ns", "round-robin", 300, 2.0, 8000)
+    assert args.backend is None  # discovery, not a fixed list
