@@ -27,8 +27,10 @@ def _load(name: str, path: Path):
 
 
 _shared = _load("ovllm_tests_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
-ROOT, IN_CI, require, free_port = _shared.ROOT, _shared.IN_CI, _shared.require, _shared.free_port
-Server = _shared.Server
+# Re-exported, as tests/operator/conftest.py does: test modules collected after this file that do
+# `from conftest import ...` get this module.
+ROOT, IN_CI, require, require_module = _shared.ROOT, _shared.IN_CI, _shared.require, _shared.require_module
+free_port, Server = _shared.free_port, _shared.Server
 
 API_KEY = "router-test-key"
 MODEL = "tiny"
