@@ -61,19 +61,41 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Server:
-    """A real `ovllm serve` process on 127.0.0.1, with its log kept for assertions and failures."""
+class LoggedProcess:
+    """A real process whose output goes to a log file, kept for assertions and failures."""
+
+    def __init__(self, command: list[str], log_path: Path, env: dict | None = None):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 (open for the process's whole life)
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **(env or {})})
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then SIGKILL after `timeout`; the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+class Server(LoggedProcess):
+    """A real `ovllm serve` process on 127.0.0.1 (or `host`)."""
 
     def __init__(self, model: Path | str, *args: str, env: dict | None = None, log_path: Path,
                  python: str = sys.executable, host: str = "127.0.0.1", port: int | None = None):
         self.port = port or free_port()
         self.base_url = f"http://{host}:{self.port}"
-        self.log_path = log_path
-        command = [python, "-m", "ovllm_engine.cli", "serve", str(model), "--host", host,
-                   "--port", str(self.port), *args]
-        self._log = open(log_path, "wb")  # noqa: SIM115 (open for the process's whole life)
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, **(env or {})})
+        super().__init__([python, "-m", "ovllm_engine.cli", "serve", str(model), "--host", host,
+                          "--port", str(self.port), *args], log_path, env)
 
     def wait_ready(self, timeout: float = 180.0) -> Server:
         import httpx
@@ -109,20 +131,6 @@ class Server:
                 return int(pid)
         raise AssertionError(f"no engine process among children {children}")
 
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 60.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
 
 
 @pytest.fixture

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,17 +36,15 @@ MODEL = "tiny"
 ENGINE_ENV = {"VLLM_OPENVINO_KVCACHE_SPACE": "1"}
 
 
-class RouterProcess:
-    """A real `ovllm router` process on 127.0.0.1, its log kept for assertions and failures."""
+class RouterProcess(_shared.LoggedProcess):
+    """A real `ovllm router` process on 127.0.0.1."""
 
     def __init__(self, backends: list[str], *args: str, log_path: Path):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        command = [sys.executable, "-m", "ovllm_engine.cli", "router", "--host", "127.0.0.1", "--port", str(self.port),
-                   *(flag for backend in backends for flag in ("--backend", backend)), *args]
-        self._log = open(log_path, "wb")  # noqa: SIM115 (open for the process's whole life)
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        super().__init__([sys.executable, "-m", "ovllm_engine.cli", "router", "--host", "127.0.0.1", "--port",
+                          str(self.port), *(flag for backend in backends for flag in ("--backend", backend)), *args],
+                         log_path)
 
     def wait_ready(self, timeout: float = 30.0) -> RouterProcess:
         import httpx
@@ -68,21 +63,6 @@ class RouterProcess:
         import openai
 
         return openai.OpenAI(base_url=self.base_url + "/v1", api_key=api_key, max_retries=0, timeout=120)
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
 
 
 @pytest.fixture
