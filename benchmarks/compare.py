@@ -38,11 +38,13 @@ OVLLM = [sys.executable, "-m", "ovllm_engine.cli", "--log-level", "WARNING"]
 KV_ENV = {"VLLM_OPENVINO_CPU_KV_CACHE_PRECISION": "u8", "VLLM_OPENVINO_KVCACHE_SPACE": "4"}
 
 
-def wait_ready(base_url: str, process: subprocess.Popen, timeout: float = 600) -> None:
+def wait_ready(base_url: str, process: subprocess.Popen, timeout: float = 600, log: Path | None = None) -> None:
+    """Poll /health until it answers 200; fail if the process exits first (with its log's tail)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server at {base_url} exited with {process.returncode}")
+            tail = f":\n{log.read_text(errors='replace')[-3000:]}" if log else ""
+            raise RuntimeError(f"the server at {base_url} exited with {process.returncode}{tail}")
         try:
             if httpx.get(base_url + "/health", timeout=2).status_code == 200:
                 return
@@ -52,13 +54,17 @@ def wait_ready(base_url: str, process: subprocess.Popen, timeout: float = 600) -
     raise RuntimeError(f"{base_url} not ready after {timeout}s")
 
 
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def stop(*processes: subprocess.Popen) -> None:
+    """SIGTERM to all at once, then wait for each (SIGKILL after 60 s)."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def bench_serve(base_url: str, tokenizer: Path, args, *, num: int, output_len: int, concurrency: int | None = None,

@@ -16,10 +16,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+from compare import stop, wait_ready  # this folder's helpers (the script's directory is on sys.path)
 from prometheus_client.parser import text_string_to_metric_families
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -28,32 +28,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def start(command: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-
-
-def wait_ready(process: subprocess.Popen, url: str, log: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{process.args[:4]} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"{url} not ready after {timeout}s")
-
-
-def stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def router_counts(url: str) -> dict:
@@ -84,14 +58,14 @@ def run_strategy(strategy: str, model_dir: str, args, logs: Path) -> dict:
     processes = list(engines)
     try:
         for engine, port in zip(engines, ports, strict=True):
-            wait_ready(engine, f"http://127.0.0.1:{port}", logs / f"{strategy}-engine-{port}.log")
+            wait_ready(f"http://127.0.0.1:{port}", engine, 300, logs / f"{strategy}-engine-{port}.log")
         router_url = f"http://127.0.0.1:{args.port}"
         router = start([*python, "router", "--host", "127.0.0.1", "--port", str(args.port), "--strategy", strategy,
                         "--load-factor", str(args.load_factor),
                         *(flag for port in ports for flag in ("--backend", f"http://127.0.0.1:{port}"))],
                        logs / f"{strategy}-router.log")
         processes.append(router)
-        wait_ready(router, router_url, logs / f"{strategy}-router.log")
+        wait_ready(router_url, router, 300, logs / f"{strategy}-router.log")
         output = RESULTS / f"router-{args.tag + '-' if args.tag else ''}{strategy}.json"
         bench = [*python, "bench", "serve", "--base-url", router_url, "--tokenizer", model_dir,
                  "--dataset-name", "shared-prefix", "--num-prompts", str(args.num_prompts),
@@ -106,7 +80,7 @@ def run_strategy(strategy: str, model_dir: str, args, logs: Path) -> dict:
         output.write_text(json.dumps(result, indent=2) + "\n")
         return result
     finally:
-        stop(processes)
+        stop(*processes)
 
 
 def main() -> int:
