@@ -64,7 +64,10 @@ def free_port() -> int:
 class LoggedProcess:
     """A real process whose output goes to a log file, kept for assertions and failures."""
 
-    def __init__(self, command: list[str], log_path: Path, env: dict | None = None):
+    base_url: str  # set by the servers among them: where /health is asked
+
+    def __init__(self, name: str, command: list[str], log_path: Path, env: dict | None = None):
+        self.name = name  # for messages: "ovllm serve"
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 (open for the process's whole life)
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
@@ -73,6 +76,20 @@ class LoggedProcess:
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+    def _wait_healthy(self, timeout: float):
+        """Poll base_url's /health until it answers 200; fail with the log if the process exits first."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.base_url + "/health", timeout=2).status_code == 200:
+                    return self
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name} not ready after {timeout}s:\n{self.log()}")
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, then SIGKILL after `timeout`; the exit code."""
@@ -94,21 +111,11 @@ class Server(LoggedProcess):
                  python: str = sys.executable, host: str = "127.0.0.1", port: int | None = None):
         self.port = port or free_port()
         self.base_url = f"http://{host}:{self.port}"
-        super().__init__([python, "-m", "ovllm_engine.cli", "serve", str(model), "--host", host,
+        super().__init__("ovllm serve", [python, "-m", "ovllm_engine.cli", "serve", str(model), "--host", host,
                           "--port", str(self.port), *args], log_path, env)
 
     def wait_ready(self, timeout: float = 180.0) -> Server:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"ovllm serve exited with {self.process.returncode}:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base_url + "/health", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.2)
-        raise AssertionError(f"ovllm serve not ready after {timeout}s:\n{self.log()}")
+        return self._wait_healthy(timeout)
 
     def client(self, **kwargs):
         import openai

@@ -3,13 +3,13 @@ in front of real `ovllm serve` replicas on loopback."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from router_testing import API_KEY, MODEL
 
 
 def _load(name: str, path: Path):
@@ -29,8 +29,6 @@ _shared = _load("ovllm_tests_conftest", Path(__file__).resolve().parents[1] / "c
 ROOT, IN_CI, require, require_module = _shared.ROOT, _shared.IN_CI, _shared.require, _shared.require_module
 free_port, Server = _shared.free_port, _shared.Server
 
-API_KEY = "router-test-key"
-MODEL = "tiny"
 # Three engines on one test machine: a small KV cache each. (Not OVLLM_INFERENCE_THREADS=1: with one
 # inference thread OpenVINO 2026.4's continuous-batching pipeline dies of SIGFPE on the tiny model.)
 ENGINE_ENV = {"VLLM_OPENVINO_KVCACHE_SPACE": "1"}
@@ -42,22 +40,12 @@ class RouterProcess(_shared.LoggedProcess):
     def __init__(self, backends: list[str], *args: str, log_path: Path):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        super().__init__([sys.executable, "-m", "ovllm_engine.cli", "router", "--host", "127.0.0.1", "--port",
-                          str(self.port), *(flag for backend in backends for flag in ("--backend", backend)), *args],
-                         log_path)
+        command = [sys.executable, "-m", "ovllm_engine.cli", "router", "--host", "127.0.0.1", "--port", str(self.port),
+                   *(flag for backend in backends for flag in ("--backend", backend)), *args]
+        super().__init__("ovllm router", command, log_path)
 
     def wait_ready(self, timeout: float = 30.0) -> RouterProcess:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"ovllm router exited with {self.process.returncode}:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base_url + "/health", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.1)
-        raise AssertionError(f"ovllm router not ready after {timeout}s:\n{self.log()}")
+        return self._wait_healthy(timeout)
 
     def client(self, api_key: str = API_KEY):
         import openai

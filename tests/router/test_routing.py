@@ -18,8 +18,8 @@ import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from router_testing import API_KEY, MODEL
 
-from conftest import API_KEY, MODEL
 from ovllm_router.balancer import Balancer, prefix_key
 
 pytestmark = pytest.mark.e2e
