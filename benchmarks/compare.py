@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 
 HERE = Path(__file__).resolve().parent
-OVLLM = [sys.executable, "-m", "ovllm_engine.cli", "--log-level", "WARNING"]
+OVLLM = [sys.executable, "-m", "ovllm_cli", "--log-level", "WARNING"]
 KV_ENV = {"VLLM_OPENVINO_CPU_KV_CACHE_PRECISION": "u8", "VLLM_OPENVINO_KVCACHE_SPACE": "4"}
 
 

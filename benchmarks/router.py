@@ -47,7 +47,7 @@ def router_counts(url: str) -> dict:
 
 
 def run_strategy(strategy: str, model_dir: str, args, logs: Path) -> dict:
-    python = [sys.executable, "-m", "ovllm_engine.cli", "--log-level", "WARNING"]
+    python = [sys.executable, "-m", "ovllm_cli", "--log-level", "WARNING"]
     env = {"VLLM_OPENVINO_KVCACHE_SPACE": str(args.kv_cache_gb)}
     if args.inference_threads:
         env["OVLLM_INFERENCE_THREADS"] = str(args.inference_threads)

@@ -98,7 +98,7 @@ def main() -> int:
     model_dir = str(testmodels.ov_model(args.model, args.weight_format))
     direct = InProcess(model_dir, args.max_num_batched_tokens, args.kv_precision)
     env = {**os.environ, "VLLM_OPENVINO_CPU_KV_CACHE_PRECISION": args.kv_precision}
-    server = subprocess.Popen([sys.executable, "-m", "ovllm_engine.cli", "--log-level", "WARNING", "serve", model_dir,
+    server = subprocess.Popen([sys.executable, "-m", "ovllm_cli", "--log-level", "WARNING", "serve", model_dir,
                                "--host", "127.0.0.1", "--port", str(args.port),
                                "--max-num-batched-tokens", str(args.max_num_batched_tokens)], env=env)
     base = f"http://127.0.0.1:{args.port}"

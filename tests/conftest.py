@@ -111,7 +111,7 @@ class Server(LoggedProcess):
                  python: str = sys.executable, host: str = "127.0.0.1", port: int | None = None):
         self.port = port or free_port()
         self.base_url = f"http://{host}:{self.port}"
-        super().__init__("ovllm serve", [python, "-m", "ovllm_engine.cli", "serve", str(model), "--host", host,
+        super().__init__("ovllm serve", [python, "-m", "ovllm_cli", "serve", str(model), "--host", host,
                           "--port", str(self.port), *args], log_path, env)
 
     def wait_ready(self, timeout: float = 180.0) -> Server:

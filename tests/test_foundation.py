@@ -41,7 +41,7 @@ def test_operator_package_loads_no_engine_openvino_or_torch():
 
 
 def test_engine_package_import_is_light():
-    probe = ("import json, sys, ovllm_engine, ovllm_engine.cli; "
+    probe = ("import json, sys, ovllm_engine, ovllm_cli.main; "
              "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
              "('openvino', 'openvino_genai', 'torch', 'transformers', 'aiohttp'))))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
@@ -52,7 +52,7 @@ def test_distribution_metadata():
     project = PYPROJECT["project"]
     assert project["name"] == "ovllm"
     assert project["requires-python"] == ">=3.11"
-    assert project["scripts"]["ovllm"] == "ovllm_engine.cli:main"
+    assert project["scripts"]["ovllm"] == "ovllm_cli.main:main"
     extras = {name: " ".join(deps) for name, deps in project["optional-dependencies"].items()}
     for package in ("openvino", "openvino-genai", "openvino-tokenizers", "aiohttp", "prometheus-client"):
         assert re.search(rf"(^| ){package}[<>=\[ ]", extras["engine"]), package

@@ -104,7 +104,7 @@ def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
 def test_int8_export_and_command(tmp_path):
     """`ovllm testmodel tiny --weight-format int8` builds an IR whose weights are 8-bit."""
     require_module("optimum.intel", "convert")
-    out = subprocess.run([sys.executable, "-m", "ovllm_engine.cli", "testmodel", "tiny", "--weight-format", "int8"],
+    out = subprocess.run([sys.executable, "-m", "ovllm_cli", "testmodel", "tiny", "--weight-format", "int8"],
                          capture_output=True, text=True, env=os.environ.copy(), timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     from pathlib import Path

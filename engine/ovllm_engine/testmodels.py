@@ -237,10 +237,10 @@ def _recipe(name: str) -> Recipe:
         raise ValueError(f"unknown test model {name!r}: choose one of {', '.join(RECIPES)}") from None
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers, help_line: str) -> None:
     parser = subparsers.add_parser(
         "testmodel",
-        help="build (once) a random-weight Qwen2 test model and print its path",
+        help=help_line,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

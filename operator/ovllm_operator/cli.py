@@ -6,10 +6,10 @@ import argparse
 import os
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers, help_line: str) -> None:
     parser = subparsers.add_parser(
         "operator",
-        help="run the Kubernetes operator that reconciles OVLLMDeployment resources",
+        help=help_line,
         description="Reconcile OVLLMDeployment resources into engine Deployments, Services, conversion Jobs "
         "and status. Several replicas may run: kopf peering keeps one active (the highest --priority).",
     )

@@ -15,10 +15,10 @@ STRATEGIES = ("prefix-hash", "least-load", "round-robin")  # balancer.STRATEGIES
 log = logging.getLogger("ovllm_router")
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers, help_line: str) -> None:
     parser = subparsers.add_parser(
         "router",
-        help="route OpenAI API requests over engine replicas (prefix-aware)",
+        help=help_line,
         description="Proxy OpenAI API requests to `ovllm serve` replicas. prefix-hash sends requests whose prompts "
         "begin alike to the same replica (its prefix cache then serves them), within a bound on each replica's "
         "share of the requests in flight. Serves its own /health and /metrics.",

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def ovllm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ovllm_engine.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ovllm_cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "OVLLM_PROGRESS_INTERVAL": "0.5"})
 
 

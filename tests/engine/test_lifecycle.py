@@ -198,7 +198,7 @@ def serve_once(model, args: list[str], env: dict[str, str]) -> tuple[subprocess.
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "OVLLM_INFERENCE"))}
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "ovllm_engine.cli", "serve", str(model), "--host", "127.0.0.1",
+        [sys.executable, "-m", "ovllm_cli", "serve", str(model), "--host", "127.0.0.1",
          "--port", "0", *args],
         env={**clean, **env}, capture_output=True, text=True, timeout=60)
     return result, time.monotonic() - started

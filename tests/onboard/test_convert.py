@@ -32,7 +32,7 @@ def _needs_converter():
 
 
 def ovllm(*args: str, env: dict, python: str = sys.executable, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([python, "-m", "ovllm_engine.cli", *args], env={**os.environ, **env},
+    return subprocess.run([python, "-m", "ovllm_cli", *args], env={**os.environ, **env},
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -97,7 +97,7 @@ def test_hf_directory_served_directly_equals_its_converted_ir_and_second_start_c
 
 def test_two_processes_converting_the_same_model_convert_once(tiny_hf, tmp_path):
     environment = home(tmp_path)
-    command = [sys.executable, "-m", "ovllm_engine.cli", "convert", str(tiny_hf), "--weight-format", "fp32"]
+    command = [sys.executable, "-m", "ovllm_cli", "convert", str(tiny_hf), "--weight-format", "fp32"]
     processes = [subprocess.Popen(command, env={**os.environ, **environment}, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [process.communicate(timeout=600) for process in processes]
@@ -116,7 +116,7 @@ def test_two_processes_converting_the_same_model_convert_once(tiny_hf, tmp_path)
 def test_a_conversion_killed_midway_is_recovered_on_the_next_start(tiny_hf, tmp_path):
     environment = home(tmp_path)
     process = subprocess.Popen(
-        [sys.executable, "-m", "ovllm_engine.cli", "convert", str(tiny_hf), "--weight-format", "int8"],
+        [sys.executable, "-m", "ovllm_cli", "convert", str(tiny_hf), "--weight-format", "int8"],
         env={**os.environ, **environment}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
     for line in process.stderr:
@@ -218,7 +218,7 @@ def _in_small_tmpfs(size_mb: int, hf_dir: Path, tmp_path: Path) -> subprocess.Co
     mount_point = tmp_path / f"disk-{size_mb}m"
     mount_point.mkdir()
     script = ('mount -t tmpfs -o size="$1" tmpfs "$2" || exit 97; '
-              '"$3" -m ovllm_engine.cli convert "$4" --weight-format fp32 --output "$2/ir"; rc=$?; '
+              '"$3" -m ovllm_cli convert "$4" --weight-format fp32 --output "$2/ir"; rc=$?; '
               'echo "left on disk: [$(ls -A "$2" | grep -v "^\\.ir\\.lock$" | tr "\\n" " ")]" >&2; exit $rc')
     result = subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", f"{size_mb}m", str(mount_point),
                              sys.executable, str(hf_dir)],
@@ -324,7 +324,7 @@ def test_progress_is_drawn_as_bars_on_a_terminal(hub, tmp_path):
     controller, terminal = pty.openpty()
     # a new pseudo-terminal is 0x0, and tqdm draws nothing in 0 columns: give it a real size
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    process = subprocess.Popen([sys.executable, "-m", "ovllm_engine.cli", "convert", "ovllm-test/tiny-ov"],
+    process = subprocess.Popen([sys.executable, "-m", "ovllm_cli", "convert", "ovllm-test/tiny-ov"],
                                env={**os.environ, **home(tmp_path), "HF_ENDPOINT": endpoint},
                                stdin=terminal, stdout=terminal, stderr=terminal)
     os.close(terminal)

@@ -49,7 +49,7 @@ class Operator:
         self.peering = peering or f"ovllm-test-{self.liveness_port}"
         self._log = open(log_path, "ab")  # noqa: SIM115 (open for the process's life)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ovllm_engine.cli", "operator", "--resync-seconds", str(RESYNC),
+            [sys.executable, "-m", "ovllm_cli", "operator", "--resync-seconds", str(RESYNC),
              "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port),
              "--peering", self.peering, "--log-format", "json", *args],
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(kubeconfig)},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ovllm_engine.cli import build_parser
+from ovllm_cli.main import parse_args
 from ovllm_engine.config import parse_env
 from ovllm_engine.onboard.options import resolve
 from ovllm_operator import builders
@@ -15,7 +15,7 @@ from ovllm_operator.builders import Resource
 def view(container: dict):
     """What `ovllm` in a built container would see: its parsed flags and environment settings."""
     assert container["command"] == ["ovllm"]
-    args = build_parser().parse_args(container["args"])
+    args = parse_args(container["args"])
     env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
     return args, parse_env(env)
 
@@ -64,7 +64,7 @@ def test_the_conversion_job_asks_for_the_same_weights():
     resource = Resource.from_body({"metadata": {"name": "c", "namespace": "ns", "uid": "u"}, "spec": {
         "model": {"hub": "Qwen/Qwen2.5-7B-Instruct", "weightFormat": "int4", "revision": "abc"}, "modelCache": {}}})
     (container,) = builders.conversion_job(resource)["spec"]["template"]["spec"]["containers"]
-    args = build_parser().parse_args(container["args"])
+    args = parse_args(container["args"])
     settings = parse_env({item["name"]: item["value"] for item in container["env"] if "value" in item})
     assert (args.model, args.revision) == ("Qwen/Qwen2.5-7B-Instruct", "abc")
     assert resolve(args, settings).weight_format == "int4"
@@ -87,7 +87,7 @@ def test_the_router_pod_asks_the_router_for_what_the_spec_says():
         "router": {"enabled": True, "strategy": "round-robin", "prefixChars": 300, "loadFactor": 2}}})
     (container,) = builders.router_deployment(resource)["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["ovllm"]
-    args = build_parser().parse_args(container["args"])
+    args = parse_args(container["args"])
     assert args.command == "router"
     assert (args.service, args.namespace, args.strategy, args.prefix_chars, args.load_factor, args.port) == (
         "chat-engines", "ns", "round-robin", 300, 2.0, 8000)

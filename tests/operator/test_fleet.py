@@ -233,7 +233,7 @@ def test_the_router_fronts_the_engines_and_finds_them_through_endpointslices(
     args[args.index("--port") + 1], args[args.index("--host") + 1] = str(port), "127.0.0.1"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ovllm_engine.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "ovllm_cli", *args], stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "KUBECONFIG": str(tmp_path / "router-kubeconfig")})
     base = f"http://127.0.0.1:{port}"
     try:

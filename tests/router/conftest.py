@@ -40,7 +40,7 @@ class RouterProcess(_shared.LoggedProcess):
     def __init__(self, backends: list[str], *args: str, log_path: Path):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "ovllm_engine.cli", "router", "--host", "127.0.0.1", "--port", str(self.port),
+        command = [sys.executable, "-m", "ovllm_cli", "router", "--host", "127.0.0.1", "--port", str(self.port),
                    *(flag for backend in backends for flag in ("--backend", backend)), *args]
         super().__init__("ovllm router", command, log_path)
 

@@ -48,7 +48,7 @@ def test_invalid_flag_combinations_are_refused(argv, capsys):
     (["--backend", "http://a:1", "--prefix-chars", "0"], "--prefix-chars"),
 ])
 def test_invalid_values_are_refused_before_starting(argv, message):
-    result = subprocess.run([sys.executable, "-m", "ovllm_engine.cli", "router", *argv], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "ovllm_cli", "router", *argv], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode != 0 and message in result.stderr, result.stderr
 

@@ -8,10 +8,10 @@ import logging
 log = logging.getLogger("ovllm.bench")
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers, help_line: str) -> None:
     from ovllm_engine.bench import serve, throughput
 
-    bench = subparsers.add_parser("bench", help="benchmark the engine offline or any OpenAI-compatible server")
+    bench = subparsers.add_parser("bench", help=help_line)
     kinds = bench.add_subparsers(dest="bench", metavar="KIND", required=True)
     offline = kinds.add_parser("throughput", help="offline: the pipeline in this process, all requests at once",
                                description=throughput.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

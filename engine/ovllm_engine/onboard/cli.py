@@ -20,10 +20,10 @@ from ovllm_engine.onboard import options as conversion_options
 log = logging.getLogger("ovllm.onboard")
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers, help_line: str) -> None:
     parser = subparsers.add_parser(
         "convert",
-        help="convert a Hugging Face model to OpenVINO IR (once) and print the IR directory",
+        help=help_line,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -323,7 +323,7 @@ def _convert_in_child(target: Path, local: LocalModel, options: ConversionOption
 
 
 def _child_main(target, local, options, metadata, log_level) -> None:
-    from ovllm_engine.cli import setup_logging
+    from ovllm_cli.logs import setup_logging
 
     setup_logging(log_level)
     try:

@@ -22,10 +22,10 @@ log = logging.getLogger(__name__)
 DEMO_MODEL = "tiny"
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers, help_line: str) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="serve a model over an OpenAI-compatible API",
+        help=help_line,
         description="Serve an OpenVINO IR model (with its OpenVINO tokenizer and detokenizer) over an "
         "OpenAI-compatible HTTP API with continuous batching. A Hugging Face model (directory or hub id) is "
         "converted to IR first, once per cache (needs the convert extra). With no MODEL, serves a small "

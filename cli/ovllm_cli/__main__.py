@@ -1,0 +1,5 @@
+import sys
+
+from ovllm_cli.main import main
+
+sys.exit(main())
