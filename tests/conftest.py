@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -167,3 +168,28 @@ def tiny_server(tiny_ov_fp32, tmp_path_factory):
         yield server.wait_ready()
     finally:
         server.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests of the built images run last: `make test` builds the images in the background meanwhile."""
+    items.sort(key=lambda item: "docker_images" in getattr(item, "fixturenames", ()))
+
+
+@pytest.fixture(scope="session")
+def docker_images():
+    """ovllm's four images built by hack/images.py (which waits for a build already running, such as
+    `make test`'s background one), and a Docker helper with a network of its own for the session."""
+    from images_testing import Docker, build_images
+
+    if not IN_CI and not (shutil.which("docker") or Path("/usr/bin/docker").exists()):
+        pytest.skip("missing prerequisite: Docker (CI installs Debian's docker.io)")
+    try:
+        cli = build_images()
+    except AssertionError as exc:
+        require(False, f"the images (Docker and BuildKit): {exc}")
+    docker = Docker(cli)
+    docker("network", "create", docker.network)
+    try:
+        yield docker
+    finally:
+        docker.cleanup()

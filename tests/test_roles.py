@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, require
-
 from ovllm_cli.main import COMMANDS
 
 # The packages (and modules) each role's image runs, walked whole with pkgutil; and the modules

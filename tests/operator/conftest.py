@@ -60,6 +60,15 @@ def control_plane(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def helm() -> Path:
+    """The real helm binary, built from its Go module by `make controlplane`."""
+    path = controlplane.helm_path()
+    require(path.is_file(), f"helm at {path}; build it with `make controlplane` "
+                            "(python hack/controlplane.py install --helm)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def kube(control_plane):
     """A kubernetes.client.ApiClient for the control plane, as its admin."""
     require_module("kubernetes", "operator")

@@ -12,11 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from conftest import free_port
+from conftest import ROOT, free_port
 
 GROUP, VERSION, PLURAL = "ovllm.io", "v1alpha1", "ovllmdeployments"
+CHART = ROOT / "charts" / "ovllm-operator"
 RESYNC = 2
 
 
@@ -105,3 +108,28 @@ def events(api, namespace: str, name: str) -> list:
 def engine_pods(api, namespace: str, name: str) -> list:
     selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/name=ovllm-engine"
     return api.core.list_namespaced_pod(namespace, label_selector=selector).items
+
+
+def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        pytest.fail(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def service_account_token(kube, namespace: str, name: str) -> str:
+    """A TokenRequest token of this ServiceAccount, as the kubelet mounts one into a pod."""
+    return client.CoreV1Api(kube).create_namespaced_service_account_token(
+        name, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
+
+
+def service_account_kubeconfig(kube, admin_kubeconfig: Path, namespace: str, name: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as the chart's ServiceAccount (a TokenRequest token), so the
+    operator run below has exactly the chart's RBAC."""
+    token = service_account_token(kube, namespace, name)
+    config = yaml.safe_load(admin_kubeconfig.read_text())
+    config["users"] = [{"name": "operator", "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = "operator"
+    path.write_text(json.dumps(config))
+    return path

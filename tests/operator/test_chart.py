@@ -4,8 +4,6 @@ control plane whose ServiceAccount's rights are enough to run the operator on th
 
 from __future__ import annotations
 
-import json
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -13,26 +11,9 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from operator_testing import Operator, wait_for, wait_phase
+from operator_testing import CHART, Operator, run_helm, service_account_kubeconfig, wait_for, wait_phase
 
-from conftest import ROOT, controlplane, create_namespace, require
-
-CHART = ROOT / "charts" / "ovllm-operator"
-
-
-@pytest.fixture(scope="session")
-def helm() -> Path:
-    path = controlplane.helm_path()
-    require(path.is_file(), f"helm at {path}; build it with `make controlplane` "
-                            "(python hack/controlplane.py install --helm)")
-    return path
-
-
-def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=300)
-    if check and result.returncode != 0:
-        pytest.fail(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
+from conftest import ROOT, create_namespace
 
 
 def template(helm: Path, *values: str) -> list[dict]:
@@ -105,19 +86,6 @@ def test_a_wrong_value_fails_at_install_time_naming_it(helm, value, message):
     result = run_helm(helm, "template", "ovllm", str(CHART), "--set", value, check=False)
     assert result.returncode != 0
     assert message in result.stderr
-
-
-def service_account_kubeconfig(kube, admin_kubeconfig: Path, namespace: str, name: str, path: Path) -> Path:
-    """A kubeconfig that authenticates as the chart's ServiceAccount (a TokenRequest token), so the
-    operator run below has exactly the chart's RBAC."""
-    token = client.CoreV1Api(kube).create_namespaced_service_account_token(
-        name, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
-    config = yaml.safe_load(admin_kubeconfig.read_text())
-    config["users"] = [{"name": "operator", "user": {"token": token}}]
-    for context in config["contexts"]:
-        context["context"]["user"] = "operator"
-    path.write_text(json.dumps(config))
-    return path
 
 
 def local_args(deployment) -> list[str]:
