@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import logging
 import re
 import sys
 from dataclasses import dataclass
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser(argv)
     except MissingExtra as exc:
-        print(exc, file=sys.stderr)
+        setup_logging("INFO")  # one error line in the format of every other: "TIME ERROR ovllm: ..."
+        logging.getLogger("ovllm").error("%s", exc)
         return 1
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

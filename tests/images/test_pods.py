@@ -16,42 +16,63 @@ from images_testing import SIZE_LIMITS, TARGETS, empty_dir, image
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def ovllm_deployment():
+# How the engine pod gets its IR, the two ways the operator plans it: without a model cache an init
+# container (converter image) converts into the pod's emptyDir; with one, a conversion Job's pod
+# converts into the cache claim, which engine pods mount read-only.
+PLANS = {"init-container": {}, "model-cache-job": {"modelCache": {"claimName": "cache"}}}
+
+
+@pytest.fixture(scope="module", params=sorted(PLANS))
+def ovllm_deployment(request):
     """An OVLLMDeployment of a Hugging Face model on a claim, with the router on, and the built images."""
     from ovllm_operator.builders import Resource
 
-    return Resource.from_body({
+    return request.param, Resource.from_body({
         "metadata": {"name": "chat", "namespace": "images", "uid": "u"},
         "spec": {
             "model": {"pvc": {"claimName": "models", "path": "tiny"}, "weightFormat": "int8"},
             "engine": {"image": image("engine"), "converterImage": image("converter"), "kvCacheSpaceGiB": 1},
             "router": {"enabled": True, "image": image("router")},
+            **PLANS[request.param],
         },
     })
 
 
 @pytest.fixture(scope="module")
 def engine_pod(docker_images, ovllm_deployment, tiny_hf, tmp_path_factory):
-    """The engine pod: its init container converts, then the engine container serves. Yields the
-    pod spec and the engine's address."""
+    """The model converted by the converter image as the operator plans it, then served by the engine
+    container. Yields the engine's pod spec, its container name and its address."""
     from ovllm_operator import builders
 
     docker = docker_images
-    pod = builders.deployment(ovllm_deployment)["spec"]["template"]["spec"]
+    plan, resource = ovllm_deployment
     claim = tmp_path_factory.mktemp("claim")
     claim.chmod(0o755)  # a volume the pod's user can read (mktemp makes it root's alone)
     shutil.copytree(tiny_hf, claim / "tiny")  # the claim holds the model at spec.model.pvc.path
     scratch = tmp_path_factory.mktemp("pod")
-    volumes = {"tmp": empty_dir(scratch / "tmp"), "cache": empty_dir(scratch / "cache"), "source": claim}
-    (init,) = pod["initContainers"]
-    converted = docker.run_pod_container(pod, init, volumes, name=f"{docker.network}-convert", detach=False)
+    volumes = {"tmp": empty_dir(scratch / "tmp"), "cache": empty_dir(scratch / "cache"), "source": claim,
+               "models": empty_dir(scratch / "models")}
+    pod = builders.deployment(resource)["spec"]["template"]["spec"]
+    if plan == "init-container":
+        converter_pod, (converter,) = pod, pod["initContainers"]
+    else:
+        assert "initContainers" not in pod
+        converter_pod = builders.conversion_job(resource)["spec"]["template"]["spec"]
+        (converter,) = converter_pod["containers"]
+    converted = docker.run_pod_container(converter_pod, converter, volumes, name=f"{docker.network}-{plan}-convert",
+                                         detach=False)
     assert converted.returncode == 0, converted.stdout[-3000:] + converted.stderr[-3000:]
-    assert (scratch / "cache" / "model" / "openvino_model.xml").is_file()
-    assert "int8" in (scratch / "cache" / "model" / "ovllm-conversion.json").read_text()
 
     (engine,) = pod["containers"]
-    name = f"{docker.network}-engine"
+    served = engine["args"][1]  # `serve MODEL`: where the converter's output must be
+    mount = next(m for m in engine["volumeMounts"] if served.startswith(m["mountPath"] + "/"))
+    if plan == "model-cache-job":
+        assert mount["name"] == "models" and mount["readOnly"] is True  # engines never write the cache
+    output = volumes[mount["name"]] / served[len(mount["mountPath"]) + 1:]
+    assert (output / "openvino_model.xml").is_file()
+    assert "int8" in (output / "ovllm-conversion.json").read_text()
+
+    name = f"{docker.network}-{plan}-engine"
     docker.run_pod_container(pod, engine, volumes, name=name, detach=True, publish=8000)
     base_url = docker.address(name, 8000)
     docker.wait_healthy(name, base_url)
@@ -112,7 +133,7 @@ def test_the_router_image_streams_through_to_the_engine_chunk_by_chunk(docker_im
 
     docker = docker_images
     _, engine_name, _ = engine_pod
-    pod = builders.router_deployment(ovllm_deployment)["spec"]["template"]["spec"]
+    pod = builders.router_deployment(ovllm_deployment[1])["spec"]["template"]["spec"]
     (router,) = pod["containers"]
     # The EndpointSlice watch (--service, --namespace) needs a cluster: here the engine container is
     # the one backend. Every other argument is the operator's.
@@ -123,7 +144,7 @@ def test_the_router_image_streams_through_to_the_engine_chunk_by_chunk(docker_im
         else:
             args.append(word)
     args += ["--backend", f"http://{engine_name}:8000"]
-    name = f"{docker.network}-router"
+    name = f"{docker.network}-{ovllm_deployment[0]}-router"
     docker.run_pod_container(pod, router, {"tmp": empty_dir(tmp_path / "tmp")}, name=name, detach=True,
                              publish=8000, args=args)
     base_url = docker.address(name, 8000)

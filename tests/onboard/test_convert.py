@@ -291,7 +291,7 @@ def test_engine_extra_alone_serves_ir_from_the_hub_and_refuses_to_convert(hub, t
 
     environment = {**home(tmp_path_factory.mktemp("home")), "HF_ENDPOINT": endpoint}
     refused = ovllm("convert", str(tiny_hf), env=environment, python=python)
-    assert_one_clear_error(refused, r"needs the convert extra .*pip install 'ovllm\[convert\]'")
+    assert_one_clear_error(refused, r"lacks the 'convert' extra \(no optimum-intel.*pip install 'ovllm\[convert\]'")
 
     server = start_server("ovllm-test/tiny-ov", env=environment, python=python)
     client = server.client()

@@ -11,13 +11,11 @@ import sys
 import pytest
 
 from conftest import ROOT
-from ovllm_router import cli
+from ovllm_cli.main import parse_args
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    cli.add_parser(parser.add_subparsers())
-    return parser.parse_args(["router", *argv])
+    return parse_args(["router", *argv])  # as `ovllm router ARGV` parses them
 
 
 def test_flags_and_defaults():
