@@ -6,17 +6,17 @@ developer's machine it skips. Nothing here downloads anything.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from http_testing import openai_client, wait_answering
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,18 +79,8 @@ class LoggedProcess:
         return self.log_path.read_text(errors="replace")
 
     def _wait_healthy(self, timeout: float):
-        """Poll base_url's /health until it answers 200; fail with the log if the process exits first."""
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base_url + "/health", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.1)
-        raise AssertionError(f"{self.name} not ready after {timeout}s:\n{self.log()}")
+        wait_answering(self.base_url + "/health", self.name, self.process.poll, self.log, timeout)
+        return self
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, then SIGKILL after `timeout`; the exit code."""
@@ -119,10 +109,7 @@ class Server(LoggedProcess):
         return self._wait_healthy(timeout)
 
     def client(self, **kwargs):
-        import openai
-
-        kwargs.setdefault("api_key", "unused")
-        return openai.OpenAI(base_url=self.base_url + "/v1", max_retries=0, timeout=120, **kwargs)
+        return openai_client(self.base_url, **kwargs)
 
     def async_client(self, **kwargs):
         import openai

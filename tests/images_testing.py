@@ -5,16 +5,16 @@ root, dropped capabilities, no-new-privileges, resource limits and volumes. What
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from http_testing import wait_answering
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,18 +126,13 @@ class Docker:
         result = self("logs", name, check=False)
         return (result.stdout + result.stderr)[-6000:]
 
-    def wait_healthy(self, name: str, base_url: str, timeout: float = 240) -> None:
-        import httpx
+    def exit_code(self, name: str) -> int | None:
+        """None while the container runs, else its exit code."""
+        state = self.state(name)
+        return None if state["Running"] else state["ExitCode"]
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.state(name)["Running"]:
-                raise AssertionError(f"{name} exited with {self.state(name)['ExitCode']}:\n{self.logs(name)}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base_url + "/health", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.3)
-        raise AssertionError(f"{name} not healthy after {timeout}s:\n{self.logs(name)}")
+    def wait_answering(self, name: str, url: str, timeout: float = 240) -> None:
+        wait_answering(url, name, lambda: self.exit_code(name), lambda: self.logs(name), timeout)
 
     def cleanup(self) -> None:
         for name in self.started:

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from http_testing import openai_client
 from images_testing import SIZE_LIMITS, TARGETS, empty_dir, image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -75,14 +76,8 @@ def engine_pod(docker_images, ovllm_deployment, tiny_hf, tmp_path_factory):
     name = f"{docker.network}-{plan}-engine"
     docker.run_pod_container(pod, engine, volumes, name=name, detach=True, publish=8000)
     base_url = docker.address(name, 8000)
-    docker.wait_healthy(name, base_url)
+    docker.wait_answering(name, base_url + "/health")
     return pod, name, base_url
-
-
-def _client(base_url: str):
-    import openai
-
-    return openai.OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def test_the_pod_spec_is_played_as_a_cluster_would(engine_pod):
@@ -98,7 +93,7 @@ def test_the_pod_spec_is_played_as_a_cluster_would(engine_pod):
 
 def test_the_engine_image_serves_the_converted_model(docker_images, engine_pod):
     _, name, base_url = engine_pod
-    client = _client(base_url)
+    client = openai_client(base_url)
     (model,) = [entry.id for entry in client.models.list().data]
     assert model == "chat"
 
@@ -148,11 +143,11 @@ def test_the_router_image_streams_through_to_the_engine_chunk_by_chunk(docker_im
     docker.run_pod_container(pod, router, {"tmp": empty_dir(tmp_path / "tmp")}, name=name, detach=True,
                              publish=8000, args=args)
     base_url = docker.address(name, 8000)
-    docker.wait_healthy(name, base_url, timeout=60)
+    docker.wait_answering(name, base_url + "/health", timeout=60)
 
     arrivals = []
     started = time.monotonic()
-    stream = _client(base_url).completions.create(model="chat", prompt="Once upon a time", max_tokens=256,
+    stream = openai_client(base_url).completions.create(model="chat", prompt="Once upon a time", max_tokens=256,
                                                   temperature=0, stream=True, extra_body={"ignore_eos": True})
     for chunk in stream:
         if chunk.choices and chunk.choices[0].text:

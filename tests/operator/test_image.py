@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import urllib.request
 import uuid
 from urllib.parse import urlparse
@@ -68,16 +67,7 @@ def test_the_operator_image_runs_as_the_chart_deploys_it(docker_images, helm, co
         docker.run_pod_container(pod, container, {"tmp": empty_dir(tmp_path / "tmp"), "token": account}, name=name,
                                  detach=True, network="host", args=args)
 
-        deadline = time.monotonic() + 60
-        while True:  # the chart's liveness and readiness probe
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{liveness}/healthz", timeout=2) as answer:
-                    assert answer.status == 200
-                    break
-            except OSError:
-                assert docker.state(name)["Running"], docker.logs(name)
-                assert time.monotonic() < deadline, docker.logs(name)
-                time.sleep(0.5)
+        docker.wait_answering(name, f"http://127.0.0.1:{liveness}/healthz", timeout=60)  # the chart's probe
 
         create(api, namespace, "chat", {"model": {"hub": "Qwen/Qwen2.5-0.5B-Instruct"}, "replicas": 2})
         ready = wait_phase(api, namespace, "chat", "Ready", 120)
