@@ -3,11 +3,57 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+
+# Environment variables whose values are secrets: never written to a log line.
+SECRET_VARIABLES = ("VLLM_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+REDACTED = "[redacted]"
+# Values this short are not worth hiding (and would blank out common words).
+MIN_SECRET_LENGTH = 4
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces known secrets in each record's message and traceback. It sits on the handlers, so a
+    record from any logger, a library's included, passes through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def add(self, secret: str | None) -> None:
+        if secret and len(secret) >= MIN_SECRET_LENGTH:
+            self.secrets.add(secret)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        for secret in self.secrets:
+            message = message.replace(secret, REDACTED)
+            if record.exc_text:
+                record.exc_text = record.exc_text.replace(secret, REDACTED)
+        record.msg, record.args = message, None
+        return True
+
+
+_redactor = RedactSecrets()
+
+
+def redact(secret: str | None) -> None:
+    """Keep this value out of every log line from now on (an --api-key given on the command line)."""
+    _redactor.add(secret)
 
 
 def setup_logging(level: str | int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for name in SECRET_VARIABLES:
+        _redactor.add(os.environ.get(name))
+    for handler in logging.getLogger().handlers:
+        if _redactor not in handler.filters:
+            handler.addFilter(_redactor)
     # huggingface_hub's HTTP client logs every request at INFO: a download of 200 files would bury
     # the progress lines. Kept with --log-level DEBUG.
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:

@@ -112,6 +112,7 @@ class EngineConfig:
     inference_threads: int | None = None
     ov_config: dict = field(default_factory=dict)
     device: str = "CPU"
+    vocab_size: int | None = None  # None: the server takes the tokenizer's
 
     def ov_properties(self) -> dict:
         """OpenVINO properties for the pipeline: the env contract first, --ov-config on top."""
@@ -149,6 +150,19 @@ def model_max_len(model_dir: Path) -> int | None:
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         if isinstance(config.get(key), int):
             return config[key]
+    return None
+
+
+def model_vocab_size(model_dir: Path) -> int | None:
+    """Rows of the model's embedding table, from its config.json, if it says: a token id at or past
+    it must never reach the model."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for section in (config, config.get("text_config") or {}):
+        if isinstance(section.get("vocab_size"), int) and section["vocab_size"] > 0:
+            return section["vocab_size"]
     return None
 
 

@@ -8,41 +8,48 @@ responses or server-sent events. Every failure is an OpenAI-style `{"error": {..
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
+import re
 import secrets
 import time
 import uuid
 from http import HTTPStatus
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
+from ovllm_edge.errors import error_body, error_response
+from ovllm_edge.logs import RateLimitedLog, detail
 from ovllm_engine import __version__
 from ovllm_engine.config import EngineConfig
 from ovllm_engine.server import generation
 from ovllm_engine.server.detokenizer import find_stop
-from ovllm_engine.server.engine_client import EngineClient, EngineDead
+from ovllm_engine.server.engine_client import EngineClient, EngineDead, ShuttingDown
+from ovllm_engine.server.limits import Limits
 from ovllm_engine.server.metrics import CONTENT_TYPE, EngineMetrics
 from ovllm_engine.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from ovllm_engine.server.tokenizer import TemplateError, Tokenizer
 
 log = logging.getLogger(__name__)
 
+# A JSON string escape of a UTF-16 surrogate: only then can a parsed string hold a lone one.
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+# OpenVINO's messages begin "Exception from src/...cpp:123:" or "Check '...' failed at /path/x.cpp:45:":
+# build paths, not something a client can act on.
+SOURCE_LOCATION = re.compile(r"(Exception from |Check '.*?' failed at )?\S*\.(cpp|hpp|h|py):\d+:?\s*")
+
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-
-def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
-    kind = {
-        400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-        405: "invalid_request_error", 413: "invalid_request_error", 503: "service_unavailable",
-    }.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code if code else status}}
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
 def error_param(errors: list[dict]) -> str | None:
@@ -56,47 +63,84 @@ def error_param(errors: list[dict]) -> str | None:
     return ".".join(str(part) for part in os.path.commonprefix(paths)) or None
 
 
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None) -> web.Response:
-    return web.json_response(error_body(status, message, param, code), status=status)
+def public_message(exc: BaseException) -> str:
+    """An engine or tokenizer error as a client may see it: without source locations."""
+    return SOURCE_LOCATION.sub("", str(exc)).strip() or type(exc).__name__
 
 
-class Tokenizer:
-    """The model's OpenVINO tokenizer, used in the server process (the engine sees only token ids)."""
+def _refuse_constant(name: str):
+    raise ValueError(f"{name}, which is not a JSON number (non-finite numbers are refused)")
 
-    def __init__(self, model_dir: str):
-        import openvino_genai as ov_genai
 
-        # One thread: tokenizer calls are small, and an idle-spinning thread pool in this process
-        # would take CPU from the engine's inference threads (a decode also runs ~30% faster so).
-        self._tokenizer = ov_genai.Tokenizer(model_dir, INFERENCE_NUM_THREADS=1)
-        self.has_chat_template = bool(self._tokenizer.chat_template)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]}, which is out of range for a 64-bit float")
+    return value
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        ids = self._tokenizer.encode(text, add_special_tokens=add_special_tokens).input_ids
-        return [int(i) for i in ids.data[0]]
 
-    def decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+def parse_json(raw: bytes):
+    """The request body as Python data, or an APIError: not JSON, not UTF-8, nested past the
+    parser's recursion limit, an integer past Python's digit limit, a non-finite number, or a string
+    holding a lone UTF-16 surrogate (JSON allows the escape; no tokenizer can encode it)."""
+    try:
+        data = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise APIError(400, "the request body is nested too deeply") from None
+    except UnicodeDecodeError:
+        raise APIError(400, "the request body is not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise APIError(400, f"the request body is not valid JSON: {exc}") from None
+    except ValueError as exc:  # the hooks above, or Python's limit on an integer's digits
+        if "integer string conversion" in str(exc):
+            raise APIError(400, "the request body holds an integer with more digits than any field accepts") from None
+        raise APIError(400, f"the request body holds {exc}") from None
+    if SURROGATE_ESCAPE.search(raw):
+        where = lone_surrogate(data)
+        if where is not None:
+            raise APIError(400, f"{where or 'the body'}: a string holds a lone UTF-16 surrogate, which is not "
+                                "Unicode text", where or None)
+    return data
 
-    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        return self._tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+
+def lone_surrogate(data) -> str | None:
+    """The dotted path of the first string (or key) holding a lone surrogate; None if there is none."""
+    stack = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((path, key))
+                stack.append((f"{path}.{key}" if path else str(key), item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}" if path else str(i), item) for i, item in enumerate(value))
+    return None
 
 
 class OpenAIServer:
     def __init__(self, config: EngineConfig, engine: EngineClient, metrics: EngineMetrics, tokenizer: Tokenizer,
-                 api_key: str | None = None):
+                 api_key: str | None = None, limits: Limits | None = None):
         self.config = config
         self.engine = engine
         self.metrics = metrics
         self.tokenizer = tokenizer
         self.api_key = api_key
+        self.limits = limits or Limits()
         self.draining = False  # after SIGTERM: finish what is in flight, take nothing new
         self.active_requests = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.created = int(time.time())
+        self.client_log = RateLimitedLog(log)
 
     # -- the application -------------------------------------------------------------------
-    def app(self, max_request_bytes: int) -> web.Application:
-        app = web.Application(client_max_size=max_request_bytes, middlewares=[self._errors, self._auth])
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.limits.max_request_bytes, middlewares=[self._errors, self._auth])
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics_endpoint)
         app.router.add_get("/version", self.version)
@@ -108,26 +152,46 @@ class OpenAIServer:
     @web.middleware
     async def _errors(self, request: web.Request, handler) -> web.StreamResponse:
         try:
-            return await handler(request)
+            response = await handler(request)
         except APIError as exc:
-            return error_response(exc.status, exc.message, exc.param, exc.code)
+            self._log_refusal(request, exc.status, exc.message)
+            response = error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
         except web.HTTPException as exc:  # aiohttp's own: 404 route, 405 method, 413 body too large
-            if exc.status == 413:
-                return error_response(413, f"request body larger than {request.app._client_max_size} bytes")
             if exc.status < 400:
                 raise
-            return error_response(exc.status, exc.reason or HTTPStatus(exc.status).phrase)
+            message = exc.reason or HTTPStatus(exc.status).phrase
+            if exc.status == 413:
+                message = f"request body larger than {self.limits.max_request_bytes} bytes"
+            self._log_refusal(request, exc.status, message)
+            response = error_response(exc.status, message)
+        except (RequestPayloadError, http_exceptions.HttpProcessingError) as exc:  # a body that does not decode
+            self._log_refusal(request, 400, type(exc).__name__)
+            response = error_response(400, "the request body could not be read as its Content-Encoding or "
+                                           "Transfer-Encoding says")
         except EngineDead:
-            return error_response(503, "the engine process died; this server exits to be restarted", code="engine_dead")
+            response = error_response(503, "the engine process died; this server exits to be restarted",
+                                      code="engine_dead")
+        except ShuttingDown:
+            response = error_response(503, "the server is shutting down", code="shutting_down")
         except Exception:
-            log.exception("unhandled error in %s %s", request.method, request.path)
-            return error_response(500, "internal server error")
+            self.client_log.log(logging.ERROR, f"unhandled:{request.path}", "unhandled error in %s %s",
+                                request.method, detail(request.path), exc_info=True)
+            response = error_response(500, "internal server error")
+        if self.draining and not response.prepared:
+            response.force_close()  # a client with a kept-alive connection reconnects, to another replica
+        return response
+
+    def _log_refusal(self, request: web.Request, status: int, message: str) -> None:
+        """Client errors go to the log at INFO, one line, rate-limited: anyone can cause them."""
+        self.client_log.log(logging.INFO, f"refused:{status}", "%d %s %s: %s", status, request.method,
+                            detail(request.path), detail(message))
 
     @web.middleware
     async def _auth(self, request: web.Request, handler) -> web.StreamResponse:
         if self.api_key and request.path.startswith("/v1/"):
-            given = request.headers.get("Authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+            # aiohttp keeps header bytes that are not UTF-8 as surrogate escapes: encode them back
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if not secrets.compare_digest(given, f"Bearer {self.api_key}".encode()):
                 raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                                code="invalid_api_key")
         return await handler(request)
@@ -149,36 +213,40 @@ class OpenAIServer:
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{
             "id": self.config.served_model_name, "object": "model", "created": self.created, "owned_by": "ovllm",
-            "root": self.config.model_dir, "max_model_len": self.config.max_model_len,
+            "root": self.config.served_model_name, "max_model_len": self.config.max_model_len,
         }]})
 
     # -- generation ------------------------------------------------------------------------
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._parse(request, CompletionRequest)
-        prompts = [self._prompt_ids(p) for p in body.prompts()]
+        texts_or_ids = body.prompts()
+        self._admit(len(texts_or_ids) * body.n, "prompt" if len(texts_or_ids) > 1 else "n")
+        prompts = [await self._prompt_ids(p) for p in texts_or_ids]
         return await self._serve(request, body, prompts, chat=False)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         body = await self._parse(request, ChatCompletionRequest)
         if not self.tokenizer.has_chat_template:
             raise APIError(400, "this model has no chat template: use /v1/completions", param="messages")
+        self._admit(body.n, "n")
         try:
-            text = self.tokenizer.chat_prompt(body.template_messages(), body.add_generation_prompt)
-        except Exception as exc:
-            raise APIError(400, f"the chat template could not render these messages: {exc}", "messages") from None
-        prompt = self.tokenizer.encode(text, add_special_tokens=False)  # the template wrote them already
+            prompt = await self.tokenizer.chat_ids_async(body.template_messages(), body.add_generation_prompt,
+                                                         self.config.max_model_len)
+        except TemplateError as exc:
+            raise APIError(400, f"the chat template could not render these messages: {public_message(exc)}",
+                           "messages") from None
         return await self._serve(request, body, [prompt], chat=True)
 
     async def _parse(self, request: web.Request, model: type[BaseModel]):
         if self.draining:
-            raise APIError(503, "the server is shutting down", code="shutting_down")
+            raise ShuttingDown()
         if not self.engine.alive:
             raise EngineDead()
-        raw = await request.read()
         try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise APIError(400, f"the request body is not valid JSON: {exc}") from None
+            raw = await asyncio.wait_for(request.read(), self.limits.body_timeout)
+        except TimeoutError:
+            raise APIError(408, f"the request body did not arrive within {self.limits.body_timeout:g}s") from None
+        data = parse_json(raw)
         if not isinstance(data, dict):
             raise APIError(400, "the request body must be a JSON object")
         try:
@@ -191,25 +259,44 @@ class OpenAIServer:
         for param, message in body.unsupported():
             raise APIError(400, message, param)
         if body.model is not None and body.model != self.config.served_model_name:
-            raise APIError(404, f"the model '{body.model}' does not exist; this server serves "
+            raise APIError(404, f"the model {detail(body.model)} does not exist; this server serves "
                                 f"'{self.config.served_model_name}'", "model", "model_not_found")
         return body
 
-    def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
+    def _admit(self, sequences: int, param: str) -> None:
+        """Bounded work: a cap on one request's sequences, and a bounded queue beyond the running
+        batch. A request over the queue bound gets 429 at once, so a flood waits at the edge (where
+        it costs nothing) rather than in the engine. An idle engine takes any request under the cap."""
+        limits = self.limits
+        if sequences > limits.max_seqs_per_request:
+            raise APIError(400, f"this request asks for {sequences} sequences (prompts x n); this server takes at "
+                                f"most {limits.max_seqs_per_request} per request", param)
+        in_flight = self.engine.in_flight
+        if in_flight and in_flight + sequences > self.config.max_num_seqs + limits.max_queued_seqs:
+            self.metrics.rejected("queue_full")
+            raise APIError(429, f"the server is at capacity ({in_flight} sequences in flight); retry after "
+                                f"{limits.retry_after}s", code="queue_full",
+                           headers={"Retry-After": str(limits.retry_after)})
+
+    async def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt)
-        vocab_limit = 2**31
-        if any(i < 0 or i >= vocab_limit for i in prompt):
-            raise APIError(400, "prompt token ids must be non-negative integers", "prompt")
+            return await self.tokenizer.encode_async(prompt, self.config.max_model_len)
+        vocab = self.config.vocab_size or 2**31
+        for position, token_id in enumerate(prompt):
+            if not 0 <= token_id < vocab:
+                raise APIError(400, f"prompt token id {token_id} at position {position} is outside this model's "
+                                    f"vocabulary (ids 0 to {vocab - 1})", "prompt")
         return prompt
 
-    def _budget(self, body: SamplingFields, prompt: list[int]) -> int:
-        """max_new_tokens for this prompt, or a 400 when the request cannot fit the model's length."""
+    def _budget(self, body: SamplingFields, prompt: list[int] | int) -> int:
+        """max_new_tokens for this prompt (its ids, or only their count when it is too long), or a
+        400 when the request cannot fit the model's length."""
         limit = self.config.max_model_len
-        if not prompt:
+        length = prompt if isinstance(prompt, int) else len(prompt)
+        if not length:
             raise APIError(400, "the prompt is empty", "prompt")
-        if len(prompt) >= limit:
-            raise APIError(400, f"the prompt has {len(prompt)} tokens; this model's maximum length is {limit} "
+        if length >= limit:
+            raise APIError(400, f"the prompt has {length} tokens; this model's maximum length is {limit} "
                                 "tokens including the output", "messages" if isinstance(body, ChatCompletionRequest)
                            else "prompt", "context_length_exceeded")
         requested = body.max_new_tokens() if isinstance(body, ChatCompletionRequest) else body.max_tokens
@@ -239,12 +326,23 @@ class OpenAIServer:
         prefix = "chatcmpl" if chat else "cmpl"
         response_id = f"{prefix}-{uuid.uuid4().hex}"
         self.active_requests += 1
+        self._idle.clear()
         try:
             if body.stream:
                 return await self._stream(request, body, prompts, streams, response_id, chat)
             return await self._complete(body, prompts, streams, response_id, chat)
         finally:
             self.active_requests -= 1
+            if not self.active_requests:
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no generation request is in flight; False if time ran out first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
 
     async def _complete(self, body, prompts, streams, response_id, chat) -> web.Response:
         results: list[generation.SequenceResult | None] = [None] * len(streams)
@@ -256,7 +354,7 @@ class OpenAIServer:
                     result.logprobs.extend(chunk.logprobs or [])
                     result.finish_reason = chunk.finish_reason or result.finish_reason
         except generation.EngineRejected as exc:
-            raise APIError(400, f"the engine refused this request: {exc}") from None
+            raise APIError(400, f"the engine refused this request: {public_message(exc)}") from None
         choices = []
         for index, result in enumerate(results):
             text = self.tokenizer.decode(result.token_ids)
@@ -333,9 +431,12 @@ class OpenAIServer:
                 usage_event["usage"] = self._usage(prompts, body.n, completion_tokens)
                 await send(usage_event)
             await response.write(b"data: [DONE]\n\n")
-        except (EngineDead, generation.EngineRejected) as exc:
-            status = 400 if isinstance(exc, generation.EngineRejected) else 503
-            await send(error_body(status, str(exc) or "the engine process died"))
+        except generation.EngineRejected as exc:
+            await send(error_body(400, f"the engine refused this request: {public_message(exc)}"))
+        except EngineDead:
+            await send(error_body(503, "the engine process died", code="engine_dead"))
+        except ShuttingDown:  # the shutdown grace ended with this stream still running
+            await send(error_body(503, "the server shut down before this stream finished", code="shutting_down"))
         await response.write_eof()
         return response
 
@@ -351,6 +452,6 @@ class OpenAIServer:
         return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": None, "text_offset": None}
 
 
-def make_server(config: EngineConfig, engine: EngineClient, metrics: EngineMetrics,
-                api_key: str | None) -> OpenAIServer:
-    return OpenAIServer(config, engine, metrics, Tokenizer(config.model_dir), api_key)
+def make_server(config: EngineConfig, engine: EngineClient, metrics: EngineMetrics, api_key: str | None,
+                limits: Limits) -> OpenAIServer:
+    return OpenAIServer(config, engine, metrics, Tokenizer(config.model_dir), api_key, limits)

@@ -7,16 +7,19 @@ import logging
 import os
 from pathlib import Path
 
+from ovllm_cli.logs import redact
 from ovllm_engine.config import (
     API_KEY,
     ConfigError,
     EngineConfig,
     check_kv_space,
     model_max_len,
+    model_vocab_size,
     parse_env,
     parse_ov_config,
 )
 from ovllm_engine.onboard import options as conversion_options
+from ovllm_engine.server.limits import Limits
 
 log = logging.getLogger(__name__)
 DEMO_MODEL = "tiny"
@@ -44,8 +47,37 @@ def add_parser(subparsers, help_line: str) -> None:
         "--shutdown-grace", type=float, default=30.0, help="seconds to finish requests in flight after SIGTERM"
     )
     parser.add_argument("--max-request-mb", type=float, default=4.0, help="largest request body accepted, in MiB")
+    add_limit_arguments(parser)
     conversion_options.add_arguments(parser)
     parser.set_defaults(func=_run)
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """What one client may take of the server: time to send a request, sequences, queue."""
+    defaults = Limits()
+    parser.add_argument("--header-timeout", type=float, default=defaults.header_timeout,
+                        help="seconds a connection has to send a complete request head, after connecting or after "
+                        "its previous response (idle keep-alive connections close after it too)")
+    parser.add_argument("--body-timeout", type=float, default=defaults.body_timeout,
+                        help="seconds a client has to send the whole request body (then 408)")
+    parser.add_argument("--max-seqs-per-request", type=int, default=defaults.max_seqs_per_request,
+                        help="most sequences (prompts x n) one request may ask for (more: 400)")
+    parser.add_argument("--max-queued-seqs", type=int, default=defaults.max_queued_seqs,
+                        help="sequences that may wait beyond the running batch (--max-num-seqs); a request that "
+                        "would queue more gets 429 with Retry-After")
+
+
+def limits_from(args) -> Limits:
+    """The Limits the flags give, or ConfigError."""
+    for flag in ("header_timeout", "body_timeout", "max_request_mb"):
+        if not getattr(args, flag) > 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be above 0")
+    for flag in ("max_seqs_per_request", "max_queued_seqs"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be at least 1")
+    return Limits(max_request_bytes=int(args.max_request_mb * 1024 * 1024), header_timeout=args.header_timeout,
+                  body_timeout=args.body_timeout, max_seqs_per_request=args.max_seqs_per_request,
+                  max_queued_seqs=args.max_queued_seqs)
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +103,9 @@ def build_config(args, environ=None) -> EngineConfig:
         if not (model_dir / name).is_file():
             raise ConfigError(f"{model_dir} holds no {name}: convert the tokenizer with openvino-tokenizers")
     context = model_max_len(model_dir)
+    vocab_size = model_vocab_size(model_dir)
+    if vocab_size is None:
+        log.warning("%s/config.json gives no vocab_size: prompt token ids are checked against 2^31 only", model_dir)
     max_model_len = args.max_model_len or context
     if not max_model_len:
         raise ConfigError(f"{model_dir}/config.json gives no context length: pass --max-model-len")
@@ -97,6 +132,7 @@ def build_config(args, environ=None) -> EngineConfig:
         kv_cache_precision=settings.kv_cache_precision,
         inference_threads=settings.inference_threads,
         ov_config=parse_ov_config(args.ov_config),
+        vocab_size=vocab_size,
     )
     check_kv_space(config)
     return config
@@ -124,12 +160,14 @@ def _run(args) -> int:
     args.served_model_name = args.served_model_name or model.name
     try:
         config = build_config(args)
+        limits = limits_from(args)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
     api_key = args.api_key or os.environ.get(API_KEY) or None
+    redact(api_key)
     return run(config, host=args.host, port=args.port, api_key=api_key, shutdown_grace=args.shutdown_grace,
-               max_request_bytes=int(args.max_request_mb * 1024 * 1024))
+               limits=limits)
 
 
 def _demo_model() -> Path:

@@ -29,6 +29,10 @@ class EngineStartFailed(RuntimeError):
     pass
 
 
+class ShuttingDown(RuntimeError):
+    """The server's shutdown grace ended with this request still running."""
+
+
 @dataclass
 class Delta:
     """What one engine step produced for one request."""
@@ -92,6 +96,11 @@ class EngineClient:
     def release(self, request_id: int) -> None:
         """Forget a finished sequence."""
         self._queues.pop(request_id, None)
+
+    def interrupt_all(self, error: Exception) -> None:
+        """End every sequence in flight with `error` (their handlers raise it and abort them)."""
+        for queue in self._queues.values():
+            queue.put_nowait(error)
 
     @property
     def in_flight(self) -> int:

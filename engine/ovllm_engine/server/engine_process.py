@@ -174,7 +174,9 @@ class EngineLoop:
 
 def engine_main(config: EngineConfig, conn: Connection, log_level: int = logging.INFO) -> None:
     """Entry point of the engine process."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ovllm_cli.logs import setup_logging
+
+    setup_logging(log_level)
     # The server process decides when to stop: SIGTERM and Ctrl-C reach it, and it tells us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from ovllm_engine.server.detokenizer import IncrementalText
-from ovllm_engine.server.engine_client import EngineClient, EngineDead
+from ovllm_engine.server.engine_client import EngineClient
 from ovllm_engine.server.metrics import EngineMetrics
 
 
@@ -59,7 +59,7 @@ async def generate(
     try:
         while not finished:
             delta = await queue.get()
-            if isinstance(delta, EngineDead):
+            if isinstance(delta, Exception):  # EngineDead, or ShuttingDown when the grace ran out
                 raise delta
             if delta.error:
                 finished = True

@@ -2,6 +2,11 @@
 
 Exit codes: 0 after SIGTERM or Ctrl-C once requests in flight finished (or the grace period ran
 out); 1 when the engine process died or could not load the model, so that Kubernetes restarts the pod.
+
+Drain: after SIGTERM the server keeps listening. /health answers 503 (so readiness fails and the
+endpoint goes) and new requests get 503 `shutting_down` (a router retries them on another replica),
+while requests in flight run to their end for up to the shutdown grace. Streams still running then
+get an error event and non-streamed requests a 503, and the process exits.
 """
 
 from __future__ import annotations
@@ -12,22 +17,27 @@ import signal
 
 from aiohttp import web
 
+from ovllm_edge.site import EdgeSite
 from ovllm_engine.config import EngineConfig
 from ovllm_engine.server.api_server import make_server
-from ovllm_engine.server.engine_client import EngineClient, EngineStartFailed
+from ovllm_engine.server.engine_client import EngineClient, EngineStartFailed, ShuttingDown
+from ovllm_engine.server.limits import Limits
 from ovllm_engine.server.metrics import EngineMetrics
 
 log = logging.getLogger("ovllm.serve")
 
+# After the grace: how long interrupted requests get to send their error, and connections to close.
+FINAL_SECONDS = 5.0
+
 
 def run(config: EngineConfig, host: str, port: int, api_key: str | None, shutdown_grace: float,
-        max_request_bytes: int) -> int:
+        limits: Limits) -> int:
     log.info("configuration: %s", config.summary())
-    return asyncio.run(_serve(config, host, port, api_key, shutdown_grace, max_request_bytes))
+    return asyncio.run(_serve(config, host, port, api_key, shutdown_grace, limits))
 
 
 async def _serve(config: EngineConfig, host: str, port: int, api_key: str | None, shutdown_grace: float,
-                 max_request_bytes: int) -> int:
+                 limits: Limits) -> int:
     metrics = EngineMetrics(config.served_model_name)
     engine = EngineClient(config, on_stats=metrics.engine_stats)
     loop = asyncio.get_running_loop()
@@ -52,21 +62,26 @@ async def _serve(config: EngineConfig, host: str, port: int, api_key: str | None
         await engine.stop()
         return exit_code
 
-    server = make_server(config, engine, metrics, api_key)
+    server = make_server(config, engine, metrics, api_key, limits)
     # handler_cancellation: a client that disconnects cancels its handler, which frees its sequences.
-    runner = web.AppRunner(server.app(max_request_bytes), handler_cancellation=True,
-                           shutdown_timeout=shutdown_grace, access_log=None)
+    runner = web.AppRunner(server.app(), handler_cancellation=True, shutdown_timeout=FINAL_SECONDS)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    await EdgeSite(runner, host, port, header_timeout=limits.header_timeout).start()
     log.info("serving %s on http://%s:%d (engine pid %s)", config.served_model_name, host, port, engine.pid)
 
     await stop.wait()
     server.draining = True
     if exit_code == 0:
-        log.info("shutting down: finishing %d requests in flight (grace %gs)", server.active_requests, shutdown_grace)
-    # Stops listening, closes idle connections, waits up to shutdown_grace for handlers in flight.
+        log.info("shutting down: %d requests in flight get up to %gs to finish; new ones get 503",
+                 server.active_requests, shutdown_grace)
+        if not await server.wait_idle(shutdown_grace):
+            log.warning("the shutdown grace ended with %d requests in flight: ending them with an error",
+                        server.active_requests)
+            engine.interrupt_all(ShuttingDown())
+            await server.wait_idle(FINAL_SECONDS)
+    # Stops listening, closes connections (handlers still running get FINAL_SECONDS, then are cancelled).
     await runner.cleanup()
+    server.tokenizer.close()
     await engine.stop()
     log.info("stopped (exit code %d)", exit_code)
     return exit_code

@@ -43,6 +43,10 @@ class EngineMetrics:
         self.request_generation_tokens = Histogram(
             "vllm:request_generation_tokens", "Generated tokens per request.", label, buckets=TOKEN_BUCKETS,
             registry=r)
+        # Ours, not vLLM's (vLLM has no admission control): requests refused before reaching the engine.
+        self.requests_rejected = Counter(
+            "ovllm:requests_rejected", "Requests refused at admission (reason=queue_full: 429 with Retry-After).",
+            label + ["reason"], registry=r)
         self.labels = {"model_name": model_name}
         for metric in (self.num_requests_running, self.num_requests_waiting, self.kv_cache_usage,
                        self.prompt_tokens, self.generation_tokens, self.ttft, self.itl, self.e2e, self.queue_time,
@@ -50,6 +54,10 @@ class EngineMetrics:
             metric.labels(**self.labels)  # export every series from the start, at zero
         for reason in ("stop", "length", "abort", "error"):
             self.request_success.labels(finished_reason=reason, **self.labels)
+        self.requests_rejected.labels(reason="queue_full", **self.labels)
+
+    def rejected(self, reason: str) -> None:
+        self.requests_rejected.labels(reason=reason, **self.labels).inc()
 
     def engine_stats(self, stats: dict) -> None:
         self.num_requests_running.labels(**self.labels).set(stats["running"])
