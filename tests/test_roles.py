@@ -19,7 +19,8 @@ from ovllm_cli.main import COMMANDS
 # The packages (and modules) each role's image runs, walked whole with pkgutil; and the modules
 # left out because they belong to another role (named, with the reason).
 ROLE_MODULES: dict[str, tuple[list[str], dict[str, str]]] = {
-    "engine": (["ovllm_cli", "ovllm_edge", "ovllm_engine"], {"ovllm_engine.onboard.export": "the converter's (optimum-intel)"}),
+    "engine": (["ovllm_cli", "ovllm_edge", "ovllm_engine"],
+               {"ovllm_engine.onboard.export": "the converter's (optimum-intel)"}),
     "convert": (["ovllm_cli", "ovllm_engine.onboard", "ovllm_engine.testmodels", "ovllm_engine.config"], {}),
     "operator": (["ovllm_cli", "ovllm_operator"], {}),
     "router": (["ovllm_cli", "ovllm_edge", "ovllm_router"], {}),

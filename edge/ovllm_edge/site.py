@@ -79,8 +79,11 @@ class EdgeSite(web.BaseSite):
                  auto_decompress: bool = True, backlog: int = 1024):
         super().__init__(runner, backlog=backlog)
         self._host, self._port = host, port
+        # lingering_time: after answering a request whose body was not read (a 408, a 413), how long
+        # to read and discard the rest before closing (aiohttp's default, 10 s, lets a slow client
+        # hold the connection that much longer)
         self._handler_options = {"keepalive_timeout": header_timeout, "auto_decompress": auto_decompress,
-                                 "access_log": None,
+                                 "lingering_time": 2.0, "access_log": None,
                                  "client_log": RateLimitedLog(log)}
 
     @property

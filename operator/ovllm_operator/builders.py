@@ -30,7 +30,13 @@ CACHE_MOUNT = "/cache"  # a writable emptyDir: HF_HOME, and the IR of a pod that
 LOAD_SECONDS = 30 * 60
 CONVERT_IN_POD_SECONDS = 2 * 60 * 60
 PROBE_PERIOD = 10
-SHUTDOWN_GRACE_SECONDS = 30  # the engine's --shutdown-grace default: requests in flight finish
+# Shutdown of a pod (engine or router): the preStop sleep lets the EndpointSlice controller, kube-proxy
+# and the router drop the terminating pod before it hears SIGTERM; then the server drains (requests in
+# flight get --shutdown-grace, new ones 503), streams still running get an error event, and the
+# process exits, all within terminationGracePeriodSeconds (after which the kubelet sends SIGKILL).
+PRESTOP_SECONDS = 5
+SHUTDOWN_GRACE_SECONDS = 30  # --shutdown-grace: requests in flight finish
+TERMINATION_GRACE_SECONDS = PRESTOP_SECONDS + SHUTDOWN_GRACE_SECONDS + 10  # 10: error events, engine stop, margin
 USER_ID = 1000
 
 
@@ -151,7 +157,8 @@ def engine_args(resource: Resource, serve_path: str | None = None) -> list[str]:
             "--max-num-seqs", str(engine.max_num_seqs),
             "--max-num-batched-tokens", str(engine.max_num_batched_tokens),
             "--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching",
-            "--enable-chunked-prefill" if engine.enable_chunked_prefill else "--no-enable-chunked-prefill"]
+            "--enable-chunked-prefill" if engine.enable_chunked_prefill else "--no-enable-chunked-prefill",
+            "--shutdown-grace", str(SHUTDOWN_GRACE_SECONDS)]
     if engine.max_model_len:
         args += ["--max-model-len", str(engine.max_model_len)]
     return args + list(engine.extra_args)
@@ -265,7 +272,9 @@ def pod_template(resource: Resource, serve_path: str | None = None) -> dict:
         "startupProbe": {**health, "periodSeconds": PROBE_PERIOD,
                          "failureThreshold": math.ceil(LOAD_SECONDS / PROBE_PERIOD)},
         "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 2},
+        # While draining /health answers 503: readiness drops the pod, liveness (60 s) outlasts the grace.
         "livenessProbe": {**health, "periodSeconds": 10, "failureThreshold": 6, "timeoutSeconds": 5},
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
         "securityContext": _container_security(),
         "volumeMounts": mounts,
     }
@@ -273,8 +282,7 @@ def pod_template(resource: Resource, serve_path: str | None = None) -> dict:
     if spec.metrics.enabled:
         annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(names.ENGINE_PORT),
                        "prometheus.io/path": "/metrics"}
-    pod_spec = _pod_spec(resource, [container], volumes,
-                         terminationGracePeriodSeconds=SHUTDOWN_GRACE_SECONDS + 10)
+    pod_spec = _pod_spec(resource, [container], volumes, terminationGracePeriodSeconds=TERMINATION_GRACE_SECONDS)
     if plan.convert_in_pod:
         # Without a model cache each pod converts for itself, into its emptyDir, before the engine
         # starts: the engine image stays free of torch.
@@ -367,7 +375,7 @@ def router_deployment(resource: Resource) -> dict:
         "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 2},
         "livenessProbe": {**health, "periodSeconds": 10, "failureThreshold": 6, "timeoutSeconds": 5},
         # The router stops listening on SIGTERM: first let the Service's endpoints drop this pod.
-        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
         "securityContext": _container_security(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
@@ -380,7 +388,7 @@ def router_deployment(resource: Resource) -> dict:
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {}}],
         # Streams in flight finish before the pod goes.
-        "terminationGracePeriodSeconds": SHUTDOWN_GRACE_SECONDS + 10,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
     }
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)

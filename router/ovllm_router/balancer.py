@@ -43,19 +43,19 @@ def prefix_key(body: bytes, chars: int) -> str | None:
     """
     try:
         request = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(request, dict):
-        return None
-    messages, prompt = request.get("messages"), request.get("prompt")
-    if isinstance(messages, list) and messages:
-        text = "".join(_message_text(message) for message in messages)
-    elif isinstance(prompt, str):
-        text = prompt
-    elif isinstance(prompt, list) and prompt:
-        text = json.dumps(prompt, separators=(",", ":"), ensure_ascii=False)
-    else:
-        return None
+        if not isinstance(request, dict):
+            return None
+        messages, prompt = request.get("messages"), request.get("prompt")
+        if isinstance(messages, list) and messages:
+            text = "".join(_message_text(message) for message in messages)
+        elif isinstance(prompt, str):
+            text = prompt
+        elif isinstance(prompt, list) and prompt:
+            text = json.dumps(prompt, separators=(",", ":"), ensure_ascii=False)
+        else:
+            return None
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep, an integer past the digit limit
+        return None  # the engine answers it with a 400; any replica will do
     return text[:chars] if text else None
 
 

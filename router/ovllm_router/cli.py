@@ -44,6 +44,11 @@ def add_parser(subparsers, help_line: str) -> None:
     parser.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to connect to a replica")
     parser.add_argument("--request-timeout", type=float, default=600.0,
                         help="seconds a replica may send nothing (before its first byte or between chunks)")
+    parser.add_argument("--header-timeout", type=float, default=30.0,
+                        help="seconds a client has to send a request's line and headers (from connecting or "
+                        "from its previous answer); slower connections are closed")
+    parser.add_argument("--body-timeout", type=float, default=60.0,
+                        help="seconds a client has to send a request's body; slower ones get a 408")
     parser.add_argument("--max-request-mb", type=float, default=4.0, help="largest request body accepted, in MiB")
     parser.add_argument("--shutdown-grace", type=float, default=30.0,
                         help="after SIGTERM, seconds for requests in flight to finish")
@@ -69,6 +74,9 @@ def _check(args: argparse.Namespace) -> None:
         problems.append(f"--load-factor {args.load_factor} must be at least 1")
     if args.retries < 0:
         problems.append(f"--retries {args.retries} must be 0 or more")
+    for flag in ("header_timeout", "body_timeout", "connect_timeout", "request_timeout", "max_request_mb"):
+        if getattr(args, flag) <= 0:
+            problems.append(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be more than 0")
     if args.namespace and not args.service:
         problems.append("--namespace goes with --service")
     for url in args.backend or []:
@@ -100,7 +108,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
     settings = Settings(prefix_chars=args.prefix_chars, retries=args.retries, eject_seconds=args.eject_seconds,
                         connect_timeout=args.connect_timeout, request_timeout=args.request_timeout,
-                        max_request_bytes=int(args.max_request_mb * 1024 * 1024))
+                        max_request_bytes=int(args.max_request_mb * 1024 * 1024), body_timeout=args.body_timeout)
     router = Router(Balancer(args.strategy, args.load_factor), settings)
     loop = asyncio.get_running_loop()
     watch = None
@@ -121,7 +129,7 @@ async def _serve(args: argparse.Namespace) -> int:
     runner = web.AppRunner(router.app(), handler_cancellation=True, shutdown_timeout=args.shutdown_grace,
                            access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, args.host, args.port).start()
+    await router.site(runner, args.host, args.port, args.header_timeout).start()
     log.info("router on http://%s:%d, strategy %s, backends %s", args.host, args.port, args.strategy,
              router.balancer.backends if args.backend else f"of service {args.service}")
     await stop.wait()

@@ -9,16 +9,23 @@ event stream ends with an error event, so the client sees an error rather than a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+import zlib
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import aiohttp
-from aiohttp import web
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from yarl import URL
 
+from ovllm_edge.errors import error_body, error_response
+from ovllm_edge.logs import RateLimitedLog, detail
+from ovllm_edge.site import EdgeSite
 from ovllm_router.balancer import Balancer, prefix_key
 from ovllm_router.metrics import CONTENT_TYPE, NO_BACKEND, RouterMetrics
 
@@ -40,6 +47,8 @@ class Settings:
     connect_timeout: float = 5.0
     request_timeout: float = 600.0  # seconds without a byte from the backend
     max_request_bytes: int = 4 * 1024 * 1024
+    body_timeout: float = 60.0  # seconds for a request body to arrive
+    retry_after: int = 1  # seconds, in the Retry-After of a 503 when no replica is ready
 
 
 class BackendFailed(Exception):
@@ -52,13 +61,12 @@ class BrokeMidResponse(ConnectionResetError):
     """Raised out of the handler, so that aiohttp drops the client's connection mid-body."""
 
 
-def error_body(status: int, message: str) -> dict:
-    kind = {413: "invalid_request_error", 503: "service_unavailable"}.get(status, "server_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+class ClientError(Exception):
+    """A request refused before any replica saw it (answered by the middleware)."""
 
-
-def error_response(status: int, message: str) -> web.Response:
-    return web.json_response(error_body(status, message), status=status)
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
 
 
 def forwarded(headers, drop: frozenset) -> CIMultiDict:
@@ -67,11 +75,36 @@ def forwarded(headers, drop: frozenset) -> CIMultiDict:
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop and k.lower() not in named)
 
 
+def target(request: web.Request) -> str:
+    """The path and query to send on, percent-encoding kept. For an absolute-form request target
+    (`POST http://host/v1/completions HTTP/1.1`, as sent to proxies) that is its path and query only:
+    the router never forwards to a host the client names."""
+    return request.rel_url.raw_path_qs if request.rel_url.raw_path.startswith("/") else "/"
+
+
+def decoded(body: bytes, encoding: str, limit: int) -> bytes | None:
+    """The body with its gzip or deflate Content-Encoding undone, for hashing its prompt; None when
+    it is not a single such encoding, is corrupt, or decodes past `limit` bytes."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return None
+    # wbits: 16+ for a gzip member; 32+ detects zlib or gzip (a deflate body is zlib-wrapped)
+    inflater = zlib.decompressobj(wbits=(16 if "gzip" in encoding else 32) + zlib.MAX_WBITS)
+    try:
+        plain = inflater.decompress(body, limit)
+    except zlib.error:
+        return None
+    return plain if not inflater.unconsumed_tail else None
+
+
 class Router:
     def __init__(self, balancer: Balancer, settings: Settings, metrics: RouterMetrics | None = None):
         self.balancer, self.settings = balancer, settings
         self.metrics = metrics or RouterMetrics()
         self.session: aiohttp.ClientSession | None = None
+        self.client_log = RateLimitedLog(log)
 
     def set_backends(self, backends) -> None:
         added, removed = self.balancer.set_backends(backends)
@@ -84,13 +117,19 @@ class Router:
         self.metrics.backends.set(len(self.balancer.available(time.monotonic())))
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_request_bytes)
+        app = web.Application(client_max_size=self.settings.max_request_bytes, middlewares=[self._errors])
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.render_metrics)
         app.router.add_route("*", "/{path:.*}", self.proxy)
         app.on_startup.append(self._open_session)
         app.on_cleanup.append(self._close_session)
         return app
+
+    @staticmethod
+    def site(runner: web.AppRunner, host: str, port: int, header_timeout: float = 30.0) -> EdgeSite:
+        """The listening socket. No decompression: a compressed body goes on as it came, with its
+        Content-Encoding, and the replica decodes it."""
+        return EdgeSite(runner, host, port, header_timeout=header_timeout, auto_decompress=False)
 
     async def _open_session(self, app) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout,
@@ -105,6 +144,34 @@ class Router:
         if self.session is not None:
             await self.session.close()
 
+    @web.middleware
+    async def _errors(self, request: web.Request, handler) -> web.StreamResponse:
+        """Whatever goes wrong before a replica's answer begins, the client gets an OpenAI-style error."""
+        try:
+            return await handler(request)
+        except ClientError as exc:
+            status, message = exc.status, exc.message
+        except web.HTTPException as exc:  # aiohttp's own: 405 method, 413 body too large
+            if exc.status < 400:
+                raise
+            status, message = exc.status, exc.reason or HTTPStatus(exc.status).phrase
+            if exc.status == 413:
+                message = f"request body larger than {self.settings.max_request_bytes} bytes"
+        except (RequestPayloadError, http_exceptions.HttpProcessingError):
+            status, message = 400, "the request body could not be read as its Transfer-Encoding says"
+        except BrokeMidResponse:
+            raise  # the answer had begun: only dropping the connection is left
+        except Exception:
+            self.client_log.log(logging.ERROR, f"unhandled:{request.path}", "unhandled error in %s %s",
+                                request.method, detail(request.path), exc_info=True)
+            return error_response(500, "internal server error")
+        self.client_log.log(logging.INFO, f"refused:{status}", "%d %s %s: %s", status, request.method,
+                            detail(request.path), message)
+        response = error_response(status, message)
+        if status == 408:
+            response.force_close()  # the rest of the body may never come: do not wait for it
+        return response
+
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "backends": len(self.balancer.available(time.monotonic()))})
 
@@ -115,11 +182,16 @@ class Router:
     async def proxy(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return error_response(413, f"request body larger than {self.settings.max_request_bytes} bytes")
-        key = prefix_key(body, self.settings.prefix_chars) if body and self.balancer.strategy == "prefix-hash" \
-            else None
+            # the body as it came, still compressed if it was: the replica decodes it (and refuses
+            # one that does not match its Content-Encoding)
+            body = await asyncio.wait_for(request.read(), self.settings.body_timeout)
+        except TimeoutError:
+            raise ClientError(408, f"the request body did not arrive within {self.settings.body_timeout:g}s") \
+                from None
+        key = None
+        if body and self.balancer.strategy == "prefix-hash":
+            plain = decoded(body, request.headers.get("Content-Encoding", ""), self.settings.max_request_bytes)
+            key = prefix_key(plain, self.settings.prefix_chars) if plain is not None else None
         tried: list[str] = []
         failure: BackendFailed | None = None
         backend, code = NO_BACKEND, "error"  # the metric's labels; "error": no (complete) answer from a backend
@@ -154,12 +226,12 @@ class Router:
                     return response
                 finally:
                     self._track(backend, -1)
-            if not tried:
-                code = "503"
-                return error_response(503, "no engine replica is ready to take the request; try again shortly")
-            code = "502"
-            return error_response(502, f"no engine replica could answer after {len(tried)} tries; "
-                                       f"the last one: {failure}")
+            # The client is told what happened, never where: backend addresses stay in the log.
+            code = "503"
+            message = "no engine replica is ready to take the request; try again shortly" if not tried else \
+                f"no engine replica could take the request ({len(tried)} tried); try again shortly"
+            return error_response(503, message, code="no_replica_ready",
+                                  headers={"Retry-After": str(self.settings.retry_after)})
         finally:
             self.metrics.request(backend, code)
             self.metrics.duration.observe(time.monotonic() - arrived)
@@ -169,11 +241,11 @@ class Router:
         upstream = None
         try:
             upstream = await self.session.request(
-                request.method, URL(backend + request.raw_path, encoded=True), data=body or None,
+                request.method, URL(backend + target(request), encoded=True), data=body or None,
                 headers=forwarded(request.headers, REQUEST_DROP), allow_redirects=False)
             if upstream.status in RETRY_STATUSES:
-                detail = (await upstream.content.read(500)).decode("utf-8", "replace")
-                raise BackendFailed(f"http_{upstream.status}", f"{backend} answered {upstream.status}: {detail}")
+                said = (await upstream.content.read(500)).decode("utf-8", "replace")
+                raise BackendFailed(f"http_{upstream.status}", f"{backend} answered {upstream.status}: {said}")
             first = await upstream.content.readany()
             return upstream, first
         except BaseException as exc:
@@ -214,8 +286,9 @@ class Router:
         if response.content_type != "text/event-stream":
             # no way to say so inside a plain body: end the connection without a proper end
             raise BrokeMidResponse(f"{backend} broke mid-response")
-        message = f"the engine replica failed while streaming: {type(exc).__name__}: {exc}"
-        await response.write(f"data: {json.dumps(error_body(502, message))}\n\n".encode())
+        message = "the engine replica failed while streaming; the answer is incomplete"
+        event = error_body(502, message, code="replica_failed")
+        await response.write(f"data: {json.dumps(event)}\n\n".encode())
         await response.write_eof()
         return response
 

@@ -22,6 +22,14 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 USER = [{"role": "user", "content": "hi"}]
 
+TINY_VOCAB = 151936  # the tiny test model's vocabulary (Qwen2's): ids 0 to 151935
+
+
+def raw(text: str) -> dict:
+    """httpx kwargs for a body sent exactly as written (not made by a JSON encoder)."""
+    return {"content": text.encode(), "headers": {"Content-Type": "application/json"}}
+
+
 # (id, method, path, request kwargs for httpx, status, param, code); param/code None: not checked
 BAD_REQUESTS = [
     ("malformed-json", "POST", COMPLETIONS, {"content": b'{"model": "tiny", "prompt": "hi",'}, 400, None, None),
@@ -51,6 +59,44 @@ BAD_REQUESTS = [
     ("unknown-route", "POST", "/v1/embeddings", {"json": {"model": "tiny", "input": "hi"}}, 404, None, None),
     ("unknown-route-get", "GET", "/nowhere", {}, 404, None, None),
     ("get-completions", "GET", COMPLETIONS, {}, 405, None, None),
+    # what a parser chokes on: each must be a 400, never a 500
+    ("lone-surrogate-prompt", "POST", COMPLETIONS, raw('{"model": "tiny", "prompt": "a\\ud800b"}'), 400, "prompt",
+     None),
+    ("lone-surrogate-chat", "POST", CHAT,
+     raw('{"model": "tiny", "messages": [{"role": "user", "content": "\\udfff"}]}'), 400, "messages.0.content",
+     None),
+    ("nested-5000-deep", "POST", COMPLETIONS, raw('{"model": "tiny", "prompt": ' + "[" * 5000 + "]" * 5000 + "}"),
+     400, None, None),
+    ("max-tokens-5000-digits", "POST", COMPLETIONS, raw('{"model": "tiny", "prompt": "hi", "max_tokens": '
+                                                         + "9" * 5000 + "}"), 400, None, None),
+    ("seed-5000-digits", "POST", CHAT, raw('{"model": "tiny", "messages": [], "seed": ' + "1" * 5000 + "}"),
+     400, None, None),
+    ("temperature-nan", "POST", COMPLETIONS, raw('{"model": "tiny", "prompt": "hi", "temperature": NaN}'),
+     400, None, None),
+    ("repetition-penalty-infinity", "POST", COMPLETIONS,
+     raw('{"model": "tiny", "prompt": "hi", "repetition_penalty": Infinity}'), 400, None, None),
+    ("top-p-1e999", "POST", CHAT, raw('{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], '
+                                      '"top_p": 1e999}'), 400, None, None),
+    ("gzip-that-is-not", "POST", COMPLETIONS, {"content": b'{"model": "tiny", "prompt": "hi"}', "headers": {
+        "Content-Encoding": "gzip", "Content-Type": "application/json"}}, 400, None, None),
+    # out of range for the model or the engine
+    ("token-id-1e9", "POST", COMPLETIONS, {"json": {"model": "tiny", "prompt": [1, 1000000000]}}, 400, "prompt",
+     None),
+    ("token-id-vocab-size", "POST", COMPLETIONS, {"json": {"model": "tiny", "prompt": [TINY_VOCAB]}}, 400, "prompt",
+     None),
+    ("token-id-negative", "POST", COMPLETIONS, {"json": {"model": "tiny", "prompt": [5, -1]}}, 400, "prompt", None),
+    ("token-ids-batch-oov", "POST", COMPLETIONS, {"json": {"model": "tiny", "prompt": [[1, 2], [3, TINY_VOCAB + 7]]}},
+     400, "prompt", None),
+    ("top-k-2-40", "POST", COMPLETIONS, {"json": {"model": "tiny", "prompt": "hi", "top_k": 2**40}}, 400, "top_k",
+     None),
+    ("seed-2-64", "POST", COMPLETIONS, {"json": {"model": "tiny", "prompt": "hi", "seed": 2**64}}, 400, "seed", None),
+    ("max-tokens-2-31", "POST", CHAT, {"json": {"model": "tiny", "messages": USER, "max_tokens": 2**31}}, 400,
+     "max_tokens", None),
+    ("prompts-300", "POST", COMPLETIONS, {"json": {"model": "tiny", "prompt": ["a"] * 300, "max_tokens": 1}}, 400,
+     "prompt", None),
+    ("prompts-64-n-8", "POST", COMPLETIONS, {"json": {"model": "tiny", "prompt": ["a"] * 64, "n": 8,
+                                                      "max_tokens": 1}}, 400, "prompt", None),
+    ("n-300", "POST", CHAT, {"json": {"model": "tiny", "messages": USER, "n": 300, "max_tokens": 1}}, 400, "n", None),
 ]
 
 

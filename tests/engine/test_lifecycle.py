@@ -1,6 +1,8 @@
 """The server's life: graceful SIGTERM, engine death, client disconnects, and startup config errors.
 
-- SIGTERM finishes the requests in flight, takes no new connection, and exits 0.
+- SIGTERM drains: /health and new requests answer 503 (the server keeps listening, so that clients
+  and probes see it), the requests in flight finish, and the server exits 0; a stream still running
+  when --shutdown-grace ends gets an error event rather than a silent cut.
 - When the engine process dies, requests in flight get errors, /health stops answering 200, and
   the server exits non-zero so that Kubernetes restarts the pod.
 - A client that goes away frees its sequence at once (counted as finished_reason="abort").
@@ -65,17 +67,12 @@ def test_sigterm_finishes_request_in_flight_then_exits_0(tiny_ov_fp32, start_ser
         if not signalled:
             server.process.send_signal(signal.SIGTERM)
             signalled = True
-            # once the server says it drains, a new connection is refused or told 503
+            # while it drains, /health and new requests answer 503 (and close the connection)
             wait_for(lambda: "shutting down" in server.log(), 10, "the server logs that it shuts down")
-            assert health_status(server.base_url) in (None, 503)
-            try:
-                late = httpx.post(server.base_url + "/v1/completions", json={"model": MODEL, "prompt": "x"},
-                                  timeout=5)
-            except httpx.ConnectError:
-                pass
-            else:
-                assert late.status_code == 503, late.text
-                assert late.json()["error"]["message"], late.text
+            assert health_status(server.base_url) == 503
+            late = httpx.post(server.base_url + "/v1/completions", json={"model": MODEL, "prompt": "x"}, timeout=5)
+            assert late.status_code == 503, late.text
+            assert late.json()["error"]["code"] == "shutting_down" and late.headers["connection"] == "close"
         if chunk.choices:
             text += chunk.choices[0].text
             finish = chunk.choices[0].finish_reason or finish
@@ -87,6 +84,24 @@ def test_sigterm_finishes_request_in_flight_then_exits_0(tiny_ov_fp32, start_ser
     assert text == reference
     assert server.process.wait(30) == 0, server.log()
     assert "stopped (exit code 0)" in server.log()
+
+
+def test_streams_past_the_grace_end_with_an_error_event(tiny_ov_fp32, start_server):
+    server = start_server(tiny_ov_fp32, "--served-model-name", MODEL, "--shutdown-grace", "1")
+    client = server.client()
+    stream = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=4000, stream=True,
+                                       extra_body={"ignore_eos": True})
+    chunks, error = 0, None
+    try:
+        for _ in stream:
+            if chunks == 0:
+                server.process.send_signal(signal.SIGTERM)
+            chunks += 1
+    except openai.APIError as exc:  # the client raises on an error event
+        error = exc
+    assert error is not None, f"the stream ended after {chunks} chunks without an error event"
+    assert error.code == "shutting_down" and "shut down before this stream finished" in error.message, error
+    assert server.process.wait(30) == 0, server.log()
 
 
 def test_engine_death_fails_requests_and_exits_nonzero(tiny_ov_fp32, start_server):

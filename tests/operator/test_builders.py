@@ -74,6 +74,21 @@ def test_engine_args_carry_the_batching_settings_and_extra_args():
     assert args[-1] == "--max-request-mb=8"
 
 
+def test_engine_shutdown_fits_the_pods_grace_period():
+    """preStop (endpoints drop the pod), then --shutdown-grace for requests in flight, then error events
+    and the engine's stop: all before the kubelet's SIGKILL at terminationGracePeriodSeconds."""
+    pod = builders.deployment(make(HUB))["spec"]["template"]["spec"]
+    container = engine_container(builders.deployment(make(HUB)))
+    prestop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    args = container["args"]
+    grace = float(args[args.index("--shutdown-grace") + 1])
+    assert prestop >= 5 and grace == 30
+    assert pod["terminationGracePeriodSeconds"] >= prestop + grace + 5 + 1  # 5: the server's last words
+    # draining answers /health with 503: liveness must not kill the pod before the grace is up
+    liveness = container["livenessProbe"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] > pod["terminationGracePeriodSeconds"]
+
+
 def test_resources_are_guaranteed_cores_and_estimated_memory():
     resource = make({**HUB, "engine": {"kvCacheSpaceGiB": 8}, "cpu": {"cores": 4}})
     resources = engine_container(builders.deployment(resource))["resources"]

@@ -179,6 +179,8 @@ class OpenAIServer:
             response = error_response(500, "internal server error")
         if self.draining and not response.prepared:
             response.force_close()  # a client with a kept-alive connection reconnects, to another replica
+        elif response.status == 408:
+            response.force_close()  # the rest of the body may never come: do not wait for it
         return response
 
     def _log_refusal(self, request: web.Request, status: int, message: str) -> None:
