@@ -168,8 +168,9 @@ class Router:
         self.client_log.log(logging.INFO, f"refused:{status}", "%d %s %s: %s", status, request.method,
                             detail(request.path), message)
         response = error_response(status, message)
-        if status == 408:
-            response.force_close()  # the rest of the body may never come: do not wait for it
+        if status in (400, 408):
+            # 408: the rest of the body may never come; 400 here: where the body ends is unknown
+            response.force_close()
         return response
 
     async def health(self, request: web.Request) -> web.Response:

@@ -168,6 +168,7 @@ class OpenAIServer:
             self._log_refusal(request, 400, type(exc).__name__)
             response = error_response(400, "the request body could not be read as its Content-Encoding or "
                                            "Transfer-Encoding says")
+            response.force_close()  # where this body ends is unknown: the connection cannot carry another
         except EngineDead:
             response = error_response(503, "the engine process died; this server exits to be restarted",
                                       code="engine_dead")
