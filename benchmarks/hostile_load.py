@@ -1,16 +1,17 @@
 """/health latency while `ovllm serve` is saturated by the worst requests a client can send.
 
 A probe in its own process asks /health every 50 ms (a kubelet's probe, the router's health check)
-and records how long each answer took, while loaders keep these going at once:
+and records how long each answer took, through two phases of load (after an idle baseline):
 
-- chat bodies of 3.7 MB (one long message: refused for its length after tokenizing it),
-- completions requests at the per-request cap (256 prompts) and far past it (2048 prompts, n=8),
-- bodies that choke parsers (5000-deep nesting, 5000-digit integers, lone surrogates),
-- slow clients: connections that send their request head a byte at a time,
-- streams of generated text (the engine's real work, up to its running batch and queue).
+- **bodies:** what costs the server process itself: chat bodies of 3.7 MB (one long message,
+  tokenized, then refused for its length), bodies that choke parsers (5000-deep nesting, 5000-digit
+  integers, 20000 lone surrogates), completions far past the per-request cap (2048 prompts, n=8),
+  slow clients sending their request head a byte every 0.5 s, and 16 streams generating text;
+- **flood:** the engine full: completions at the per-request cap (256 prompts) and 48 streams, so
+  that the running batch and the queue fill and the rest gets 429; the 3.7 MB chats keep coming.
 
-Reports the probe's p50/p99/max and the loaders' status counts (no 5xx may appear). Run on an idle
-machine:
+Reports the probe's p50/p99/max per phase and the loaders' status counts (no 5xx may appear). Run
+on an idle machine:
 
     python benchmarks/hostile_load.py --model qwen2.5-0.5b --weight-format int8 --seconds 60
 """
@@ -24,11 +25,11 @@ import json
 import multiprocessing
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 import httpx
+from served import serving
 
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 
@@ -109,19 +110,32 @@ async def slow_client(host: str, port: int, deadline: float, statuses: collectio
             writer.close()
 
 
-async def load(base_url: str, model: str, seconds: float, streams: int, slow: int, copies: int
+PHASES = {
+    "bodies": {"bodies": ["chat-3.7MB", "nested-5000", "int-5000-digits", "lone-surrogates", "prompts-2048-n-8"],
+               "streams": 16, "slow": True},
+    "flood": {"bodies": ["chat-3.7MB", "prompts-256"], "streams": 48, "slow": False},
+}
+
+
+async def load(base_url: str, model: str, phase: str, seconds: float, slow: int, copies: int
                ) -> collections.Counter:
     statuses: collections.Counter = collections.Counter()
     deadline = time.monotonic() + seconds
     host, port = base_url.removeprefix("http://").split(":")
     limits = httpx.Limits(max_connections=None)
+    plan, bodies = PHASES[phase], hostile_bodies(model)
     async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
-        tasks = [loader(client, path, body, deadline, statuses, name)
-                 for name, (path, body) in hostile_bodies(model).items() for _ in range(copies)]
-        tasks += [streamer(client, model, deadline, statuses) for _ in range(streams)]
-        tasks += [slow_client(host, int(port), deadline, statuses) for _ in range(slow)]
+        tasks = [loader(client, *bodies[name], deadline, statuses, name)
+                 for name in plan["bodies"] for _ in range(copies)]
+        tasks += [streamer(client, model, deadline, statuses) for _ in range(plan["streams"])]
+        tasks += [slow_client(host, int(port), deadline, statuses) for _ in range(slow if plan["slow"] else 0)]
         await asyncio.gather(*tasks)
     return statuses
+
+
+def summary(latencies: list[float]) -> dict:
+    return {"p50": round(statistics.median(latencies), 1), "p99": round(percentile(latencies, 99), 1),
+            "max": round(max(latencies), 1), "probes": len(latencies)}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -132,8 +146,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2.5-0.5b", help="a test-model recipe name")
     parser.add_argument("--weight-format", default="int8")
-    parser.add_argument("--seconds", type=float, default=60.0, help="how long the load lasts")
-    parser.add_argument("--streams", type=int, default=48, help="concurrent streaming clients")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long each phase of load lasts")
     parser.add_argument("--slow-clients", type=int, default=100, help="connections dribbling their head")
     parser.add_argument("--copies", type=int, default=2, help="concurrent clients per kind of hostile request")
     parser.add_argument("--port", type=int, default=8766)
@@ -143,51 +156,34 @@ def main() -> int:
     from ovllm_engine import testmodels
 
     model_dir = str(testmodels.ov_model(args.model, args.weight_format))
-    server = subprocess.Popen([sys.executable, "-m", "ovllm_cli", "--log-level", "WARNING", "serve", model_dir,
-                               "--host", "127.0.0.1", "--port", str(args.port), "--served-model-name", "m",
-                               "--header-timeout", "10"])
     base = f"http://127.0.0.1:{args.port}"
-    try:
-        for _ in range(600):
-            assert server.poll() is None, "ovllm serve exited"
-            try:
-                if httpx.get(base + "/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+    with serving(model_dir, args.port, "--served-model-name", "m", "--header-timeout", "10") as server:
         httpx.post(base + COMPLETIONS, json={"model": "m", "prompt": "warm up", "max_tokens": 4}, timeout=120)
-        idle = multiprocessing.get_context("spawn")
-        receive, send = idle.Pipe(duplex=False)
-        # the probe alone first: /health on an idle server, the baseline
-        baseline_probe = idle.Process(target=probe, args=(base, 5.0, 0.05, send))
-        baseline_probe.start()
-        baseline, _ = receive.recv()
-        baseline_probe.join()
-        loaded_probe = idle.Process(target=probe, args=(base, args.seconds, 0.05, send))
-        loaded_probe.start()
-        statuses = asyncio.run(load(base, "m", args.seconds, args.streams, args.slow_clients, args.copies))
-        latencies, failures = receive.recv()
-        loaded_probe.join()
-        assert server.poll() is None, "ovllm serve died under the load"
-    finally:
-        server.terminate()
-        server.wait(60)
-    figures = {
-        "model": f"{args.model} {args.weight_format}", "seconds": args.seconds, "streams": args.streams,
-        "slow_clients": args.slow_clients, "copies": args.copies,
-        "idle_health_ms": {"p50": statistics.median(baseline), "p99": percentile(baseline, 99), "max": max(baseline)},
-        "loaded_health_ms": {"p50": statistics.median(latencies), "p99": percentile(latencies, 99),
-                             "max": max(latencies), "probes": len(latencies), "not_200": failures},
-        "statuses": dict(sorted(statuses.items())),
-        "server_errors": sum(v for k, v in statuses.items() if k.split()[-1].startswith("5")),
-        "cpu": os.cpu_count(),
-    }
+        spawn = multiprocessing.get_context("spawn")
+        receive, send = spawn.Pipe(duplex=False)
+        phases: dict[str, dict] = {}
+        for phase in ("idle", *PHASES):  # idle: the probe alone, the baseline
+            seconds = 10.0 if phase == "idle" else args.seconds
+            prober = spawn.Process(target=probe, args=(base, seconds, 0.05, send))
+            prober.start()
+            statuses = collections.Counter() if phase == "idle" else \
+                asyncio.run(load(base, "m", phase, seconds, args.slow_clients, args.copies))
+            latencies, failures = receive.recv()
+            prober.join()
+            phases[phase] = {"health_ms": summary(latencies), "health_not_200": failures,
+                             "statuses": dict(sorted(statuses.items()))}
+            print(phase, json.dumps(phases[phase]), flush=True)
+            assert server.poll() is None, f"ovllm serve died under the {phase} load"
+    server_errors = sum(v for p in phases.values() for k, v in p["statuses"].items()
+                        if k.split()[-1].startswith("5"))
+    figures = {"model": f"{args.model} {args.weight_format}", "seconds": args.seconds,
+               "slow_clients": args.slow_clients, "copies": args.copies, "phases": phases,
+               "server_errors": server_errors, "cpu": os.cpu_count()}
     print(json.dumps(figures, indent=2))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(figures, f, indent=2)
-    return 0 if figures["server_errors"] == 0 and failures == 0 else 1
+    return 0 if server_errors == 0 and not any(p["health_not_200"] for p in phases.values()) else 1
 
 
 if __name__ == "__main__":

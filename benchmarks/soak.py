@@ -25,13 +25,13 @@ import collections
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from served import serving
 
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 MODEL = "m"
@@ -188,24 +188,11 @@ def main() -> int:
     from ovllm_engine import testmodels
 
     model_dir = str(testmodels.ov_model(args.model, args.weight_format))
-    server = subprocess.Popen([sys.executable, "-m", "ovllm_cli", "--log-level", "WARNING", "serve", model_dir,
-                               "--host", "127.0.0.1", "--port", str(args.port), "--served-model-name", MODEL,
-                               "--max-num-seqs", str(args.max_num_seqs), "--max-queued-seqs", "32"])
     base = f"http://127.0.0.1:{args.port}"
-    try:
-        for _ in range(600):
-            assert server.poll() is None, "ovllm serve exited"
-            try:
-                if httpx.get(base + "/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+    with serving(model_dir, args.port, "--served-model-name", MODEL, "--max-num-seqs", str(args.max_num_seqs),
+                 "--max-queued-seqs", "32") as server:
         figures = asyncio.run(soak(base, server.pid, args))
         assert server.poll() is None, "ovllm serve died during the soak"
-    finally:
-        server.terminate()
-        server.wait(60)
     summary = {k: v for k, v in figures.items() if k != "samples"}
     print(json.dumps(summary, indent=2))
     if args.out:
