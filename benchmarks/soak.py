@@ -9,10 +9,16 @@ Clients, all at once, each picking its next request at random (seeded):
 - bad requests (malformed JSON, unknown model, out-of-vocabulary ids, over the per-request cap).
 
 Every `--sample-seconds` it records the server's and the engine's resident memory and open file
-descriptors (from /proc) and the engine's running and waiting sequences (/metrics). At the end it
-stops the traffic, waits for the engine to empty and reports: RSS slope per hour after warm-up
-(least squares over the samples after the first `--warmup-fraction`), descriptors at warm-up's end
-and at the end, running and waiting after the traffic. Run on an idle machine:
+descriptors (from /proc), the engine's running and waiting sequences and its KV cache usage
+(/metrics). At the end it stops the traffic, waits for the engine to empty and reports: RSS slope
+per hour after warm-up (least squares over the samples after the first `--warmup-fraction`),
+descriptors at warm-up's end and at the end, running and waiting after the traffic.
+
+The engine's RSS grows by design until the KV cache reaches VLLM_OPENVINO_KVCACHE_SPACE: GenAI
+allocates cache blocks as they are first needed, and prefix caching keeps the blocks of finished
+requests for later prompts that share them. The soak therefore runs with a small cache (1 GB, which
+the 0.5B model's traffic fills in minutes) and counts the slope after warm-up, when only a leak
+could make it grow. Run on an idle machine:
 
     python benchmarks/soak.py --minutes 30 --out benchmarks/results/soak.json
 """
@@ -58,7 +64,8 @@ def engine_pid(server_pid: int) -> int:
 
 def gauges(base_url: str) -> dict[str, float]:
     text = httpx.get(base_url + "/metrics", timeout=30).text
-    wanted = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting"}
+    wanted = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting",
+              "vllm:kv_cache_usage_perc": "kv_usage"}
     return {wanted[s.name]: s.value for f in text_string_to_metric_families(text) for s in f.samples
             if s.name in wanted}
 
@@ -172,14 +179,17 @@ async def soak(base_url: str, server_pid: int, args) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", help="a test-model recipe name (tiny: many requests per hour)")
-    parser.add_argument("--weight-format", default="fp32")
+    parser.add_argument("--model", default="qwen2.5-0.5b", help="a test-model recipe name")
+    parser.add_argument("--weight-format", default="int8")
+    parser.add_argument("--kv-cache-gb", type=int, default=1,
+                        help="VLLM_OPENVINO_KVCACHE_SPACE: the KV cache grows (prefix caching keeps the blocks of "
+                        "finished requests) up to this, so a soak must fill it to see a plateau")
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--clients", type=int, default=64,
                         help="concurrent clients: more than the running batch plus the queue, so some get 429")
     parser.add_argument("--max-num-seqs", type=int, default=32, help="the server's running batch")
     parser.add_argument("--sample-seconds", type=float, default=30.0)
-    parser.add_argument("--warmup-fraction", type=float, default=0.2)
+    parser.add_argument("--warmup-fraction", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=8767)
     parser.add_argument("--out", help="write the figures (and every sample) to this JSON file")
@@ -190,7 +200,8 @@ def main() -> int:
     model_dir = str(testmodels.ov_model(args.model, args.weight_format))
     base = f"http://127.0.0.1:{args.port}"
     with serving(model_dir, args.port, "--served-model-name", MODEL, "--max-num-seqs", str(args.max_num_seqs),
-                 "--max-queued-seqs", "32") as server:
+                 "--max-queued-seqs", "32",
+                 env={**os.environ, "VLLM_OPENVINO_KVCACHE_SPACE": str(args.kv_cache_gb)}) as server:
         figures = asyncio.run(soak(base, server.pid, args))
         assert server.poll() is None, "ovllm serve died during the soak"
     summary = {k: v for k, v in figures.items() if k != "samples"}

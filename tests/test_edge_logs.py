@@ -61,3 +61,31 @@ def test_secrets_are_redacted_from_messages_arguments_and_tracebacks():
         logger.exception("failed")
     assert [r.getMessage() for r in records[:2]] == [f"key {REDACTED} in args", f"inline {REDACTED} and abc"]
     assert "sk-live-123456" not in records[2].exc_text and f"Bearer {REDACTED}xyz" in records[2].exc_text
+
+
+def test_setup_logging_hides_the_secrets_of_the_environment(monkeypatch, capfd):
+    """As `ovllm serve` runs it: the hub token and the API key from the environment, and a key given
+    by flag (redact), are hidden in every line written to standard error."""
+    import ovllm_cli.logs as logs
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_from_env_123")
+    monkeypatch.setenv("VLLM_API_KEY", "sk-env-key-456")
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = []  # basicConfig installs its handler only on a root logger without one
+    try:
+        logs.setup_logging("INFO")
+        logs.redact("sk-flag-key-789")
+        logging.getLogger("ovllm.test").warning("token %s, key sk-env-key-456, flag sk-flag-key-789",
+                                                "hf_secret_from_env_123")
+        try:
+            raise RuntimeError("Bearer sk-flag-key-789 refused")
+        except RuntimeError:
+            logging.getLogger("ovllm.test").exception("failed")
+    finally:
+        root.handlers[:] = saved
+    written = capfd.readouterr().err
+    assert "token [redacted], key [redacted], flag [redacted]" in written, written
+    assert "Bearer [redacted] refused" in written
+    for secret in ("hf_secret_from_env_123", "sk-env-key-456", "sk-flag-key-789"):
+        assert secret not in written

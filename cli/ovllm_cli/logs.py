@@ -28,13 +28,18 @@ class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
             return True
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed logging call: let the handler report it as logging does
+            return True
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         for secret in self.secrets:
             message = message.replace(secret, REDACTED)
             if record.exc_text:
                 record.exc_text = record.exc_text.replace(secret, REDACTED)
+            if record.stack_info:
+                record.stack_info = record.stack_info.replace(secret, REDACTED)
         record.msg, record.args = message, None
         return True
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 # Longest client-supplied text copied into a log line.
 MAX_DETAIL = 200
+# Kinds of event remembered at once (beyond it, those whose window has passed are forgotten).
+MAX_KINDS = 256
 
 
 @dataclass
@@ -30,6 +32,8 @@ class RateLimitedLog:
     def log(self, level: int, kind: str, message: str, *args, exc_info=None) -> bool:
         """Log unless this kind has had its `burst` lines in the current window; True when logged."""
         now = self.clock()
+        if len(self._windows) > MAX_KINDS:  # kinds are a fixed set in practice; never let them pile up
+            self._windows = {k: w for k, w in self._windows.items() if now - w.start < self.interval}
         window = self._windows.get(kind)
         if window is None or now - window.start >= self.interval:
             held_back = window.held_back if window else 0

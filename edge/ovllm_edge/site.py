@@ -62,6 +62,9 @@ class EdgeRequestHandler(RequestHandler):
         return response
 
     def log_exception(self, message: str, *args, exc_info=None, **kwargs) -> None:
+        if isinstance(exc_info, ConnectionError):  # the client went away: an everyday event
+            log.debug("a connection ended early: %s", type(exc_info).__name__)
+            return
         problem = client_problem(exc_info if isinstance(exc_info, BaseException) else None)
         if problem is not None:  # the client's doing: one line, no traceback, no quoted bytes
             self._client_log.log(logging.WARNING, f"bad-http:{type(exc_info).__name__}", "%s (%s)",

@@ -112,7 +112,7 @@ class EngineConfig:
     inference_threads: int | None = None
     ov_config: dict = field(default_factory=dict)
     device: str = "CPU"
-    vocab_size: int | None = None  # None: the server takes the tokenizer's
+    vocab_size: int | None = None  # rows of the embedding table; None (not in config.json): ids below 2^31
 
     def ov_properties(self) -> dict:
         """OpenVINO properties for the pipeline: the env contract first, --ov-config on top."""

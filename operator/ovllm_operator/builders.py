@@ -35,8 +35,11 @@ PROBE_PERIOD = 10
 # flight get --shutdown-grace, new ones 503), streams still running get an error event, and the
 # process exits, all within terminationGracePeriodSeconds (after which the kubelet sends SIGKILL).
 PRESTOP_SECONDS = 5
-SHUTDOWN_GRACE_SECONDS = 30  # --shutdown-grace: requests in flight finish
-TERMINATION_GRACE_SECONDS = PRESTOP_SECONDS + SHUTDOWN_GRACE_SECONDS + 10  # 10: error events, engine stop, margin
+SHUTDOWN_GRACE_SECONDS = 30  # --shutdown-grace, unless spec.engine.extraArgs says otherwise
+# After the grace the server needs at most 11 s (error events 5, cancelling 1, the engine's stop 5:
+# engine/ovllm_engine/server/main.py); 4 more of margin.
+EXIT_SECONDS = 15
+TERMINATION_GRACE_SECONDS = PRESTOP_SECONDS + SHUTDOWN_GRACE_SECONDS + EXIT_SECONDS  # the router's
 USER_ID = 1000
 
 
@@ -164,6 +167,24 @@ def engine_args(resource: Resource, serve_path: str | None = None) -> list[str]:
     return args + list(engine.extra_args)
 
 
+def shutdown_grace(resource: Resource) -> float:
+    """The engine's --shutdown-grace: ours, or the last one in extraArgs (argparse's rule), so that
+    terminationGracePeriodSeconds always covers it. An unreadable value is the engine's to refuse."""
+    grace = float(SHUTDOWN_GRACE_SECONDS)
+    args = list(resource.spec.engine.extra_args)
+    for index, arg in enumerate(args):
+        value = None
+        if arg == "--shutdown-grace" and index + 1 < len(args):
+            value = args[index + 1]
+        elif arg.startswith("--shutdown-grace="):
+            value = arg.split("=", 1)[1]
+        try:
+            grace = max(0.0, float(value)) if value is not None else grace
+        except ValueError:
+            pass
+    return grace
+
+
 def check(resource: Resource) -> None:
     """What the schema cannot check (or a CRD older than the operator did not): a memory limit below
     the KV cache the spec asks for, and extra variables that would override the engine's contract."""
@@ -282,7 +303,8 @@ def pod_template(resource: Resource, serve_path: str | None = None) -> dict:
     if spec.metrics.enabled:
         annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(names.ENGINE_PORT),
                        "prometheus.io/path": "/metrics"}
-    pod_spec = _pod_spec(resource, [container], volumes, terminationGracePeriodSeconds=TERMINATION_GRACE_SECONDS)
+    termination = PRESTOP_SECONDS + math.ceil(shutdown_grace(resource)) + EXIT_SECONDS
+    pod_spec = _pod_spec(resource, [container], volumes, terminationGracePeriodSeconds=termination)
     if plan.convert_in_pod:
         # Without a model cache each pod converts for itself, into its emptyDir, before the engine
         # starts: the engine image stays free of torch.

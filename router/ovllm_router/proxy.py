@@ -159,11 +159,13 @@ class Router:
                 message = f"request body larger than {self.settings.max_request_bytes} bytes"
         except (RequestPayloadError, http_exceptions.HttpProcessingError):
             status, message = 400, "the request body could not be read as its Transfer-Encoding says"
-        except BrokeMidResponse:
-            raise  # the answer had begun: only dropping the connection is left
+        except ConnectionError:  # BrokeMidResponse too: the answer had begun, or the client went away
+            raise
         except Exception:
-            self.client_log.log(logging.ERROR, f"unhandled:{request.path}", "unhandled error in %s %s",
-                                request.method, detail(request.path), exc_info=True)
+            self.client_log.log(logging.ERROR, "unhandled", "unhandled error in %s %s", request.method,
+                                detail(request.path), exc_info=True)
+            if request.writer.output_size > 0:  # the answer had begun: a 500 now would corrupt it
+                raise ConnectionError("the answer had begun; closing the connection") from None
             return error_response(500, "internal server error")
         self.client_log.log(logging.INFO, f"refused:{status}", "%d %s %s: %s", status, request.method,
                             detail(request.path), message)

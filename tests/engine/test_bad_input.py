@@ -69,8 +69,8 @@ BAD_REQUESTS = [
      400, None, None),
     ("max-tokens-5000-digits", "POST", COMPLETIONS, raw('{"model": "tiny", "prompt": "hi", "max_tokens": '
                                                          + "9" * 5000 + "}"), 400, None, None),
-    ("seed-5000-digits", "POST", CHAT, raw('{"model": "tiny", "messages": [], "seed": ' + "1" * 5000 + "}"),
-     400, None, None),
+    ("seed-5000-digits", "POST", CHAT,
+     raw('{"model": "tiny", "messages": ' + json.dumps(USER) + ', "seed": ' + "1" * 5000 + "}"), 400, None, None),
     ("temperature-nan", "POST", COMPLETIONS, raw('{"model": "tiny", "prompt": "hi", "temperature": NaN}'),
      400, None, None),
     ("repetition-penalty-infinity", "POST", COMPLETIONS,

@@ -193,3 +193,29 @@ def test_a_body_that_is_not_its_encoding_closes_its_connection_cleanly(tiny_serv
             assert bad.headers["connection"] == "close"
             good = client.post(COMPLETIONS, json={"model": MODEL, "prompt": "hi", "max_tokens": 1})
             assert good.status_code == 200, good.text
+
+
+def test_clients_that_leave_midway_are_no_error(tiny_ov_fp32, start_server):
+    """A client gone mid-body or mid-stream is an everyday event: no ERROR line, no traceback, and
+    its sequence leaves the engine."""
+    server = start_server(tiny_ov_fp32, "--served-model-name", MODEL)
+    url = server.base_url
+    host, port = url.removeprefix("http://").split(":")
+    for _ in range(3):
+        with socket.create_connection((host, int(port))) as sock:  # half a body, then gone
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 400\r\n\r\n{\"model\": \"tiny\", \"prompt\": \"hi")
+            time.sleep(0.2)
+        with httpx.stream("POST", url + COMPLETIONS, timeout=30, json={  # a few chunks of a stream, then gone
+                "model": MODEL, "prompt": "Once upon a time", "max_tokens": 2000, "stream": True,
+                "ignore_eos": True}) as response:
+            for number, _ in enumerate(response.iter_lines()):
+                if number == 5:
+                    break
+    deadline = time.monotonic() + 30
+    while metric(url, "vllm:num_requests_running") + metric(url, "vllm:num_requests_waiting") > 0:
+        assert time.monotonic() < deadline, "sequences of clients that left still run"
+        time.sleep(0.1)
+    assert httpx.get(url + "/health", timeout=5).status_code == 200
+    log = server.log()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 
+from ovllm_engine.server import main
 from ovllm_operator import builders, names, sizing
 from ovllm_operator.builders import Resource
 from ovllm_operator.isa import NFD_PREFIX, merge_affinity
@@ -83,10 +84,16 @@ def test_engine_shutdown_fits_the_pods_grace_period():
     args = container["args"]
     grace = float(args[args.index("--shutdown-grace") + 1])
     assert prestop >= 5 and grace == 30
-    assert pod["terminationGracePeriodSeconds"] >= prestop + grace + 5 + 1  # 5: the server's last words
+    # after the grace: error events 5 s, cancelling 1 s, the engine's stop 5 s (server/main.py)
+    exit_seconds = main.FINAL_SECONDS + main.CANCEL_SECONDS + main.ENGINE_STOP_SECONDS
+    assert pod["terminationGracePeriodSeconds"] > prestop + grace + exit_seconds
     # draining answers /health with 503: liveness must not kill the pod before the grace is up
     liveness = container["livenessProbe"]
     assert liveness["periodSeconds"] * liveness["failureThreshold"] > pod["terminationGracePeriodSeconds"]
+    # a longer grace in extraArgs (the last one wins, as in argparse) lengthens the pod's
+    longer = make({**HUB, "engine": {"extraArgs": ["--shutdown-grace", "60", "--shutdown-grace=120"]}})
+    pod = builders.deployment(longer)["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > prestop + 120 + exit_seconds
 
 
 def test_resources_are_guaranteed_cores_and_estimated_memory():

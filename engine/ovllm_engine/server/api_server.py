@@ -34,7 +34,7 @@ from ovllm_engine.server.engine_client import EngineClient, EngineDead, Shutting
 from ovllm_engine.server.limits import Limits
 from ovllm_engine.server.metrics import CONTENT_TYPE, EngineMetrics
 from ovllm_engine.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
-from ovllm_engine.server.tokenizer import TemplateError, Tokenizer
+from ovllm_engine.server.tokenizer import INLINE_CHARS, TemplateError, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +129,13 @@ class OpenAIServer:
         self.engine = engine
         self.metrics = metrics
         self.tokenizer = tokenizer
+        # token ids past the embedding table must never reach the model (args.py warns when unknown)
+        self.vocab_size = config.vocab_size or 2**31
         self.api_key = api_key
         self.limits = limits or Limits()
         self.draining = False  # after SIGTERM: finish what is in flight, take nothing new
-        self.active_requests = 0
+        self.active_requests = 0  # generation requests open, from their first byte
+        self.admitted_sequences = 0  # their sequences, from admission (before tokenizing) to the end
         self._idle = asyncio.Event()
         self._idle.set()
         self.created = int(time.time())
@@ -174,9 +177,13 @@ class OpenAIServer:
                                       code="engine_dead")
         except ShuttingDown:
             response = error_response(503, "the server is shutting down", code="shutting_down")
+        except ConnectionError:
+            raise  # the client went away (mid-body or mid-answer): nothing to answer, nothing to log
         except Exception:
-            self.client_log.log(logging.ERROR, f"unhandled:{request.path}", "unhandled error in %s %s",
-                                request.method, detail(request.path), exc_info=True)
+            self.client_log.log(logging.ERROR, "unhandled", "unhandled error in %s %s", request.method,
+                                detail(request.path), exc_info=True)
+            if request.writer.output_size > 0:  # the answer had begun: a 500 now would corrupt it
+                raise ConnectionError("the answer had begun; closing the connection") from None
             response = error_response(500, "internal server error")
         if self.draining and not response.prepared:
             response.force_close()  # a client with a kept-alive connection reconnects, to another replica
@@ -221,24 +228,28 @@ class OpenAIServer:
 
     # -- generation ------------------------------------------------------------------------
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        body = await self._parse(request, CompletionRequest)
-        texts_or_ids = body.prompts()
-        self._admit(len(texts_or_ids) * body.n, "prompt" if len(texts_or_ids) > 1 else "n")
-        prompts = [await self._prompt_ids(p) for p in texts_or_ids]
-        return await self._serve(request, body, prompts, chat=False)
+        with self._open_request():
+            body = await self._parse(request, CompletionRequest)
+            texts_or_ids = body.prompts()
+            with self._admitted(len(texts_or_ids) * body.n, "prompt" if len(texts_or_ids) > 1 else "n"):
+                # many short prompts add up: the request's whole text decides where it is tokenized
+                offload = sum(len(p) for p in texts_or_ids if isinstance(p, str)) > INLINE_CHARS
+                prompts = [await self._prompt_ids(p, offload) for p in texts_or_ids]
+                return await self._serve(request, body, prompts, chat=False)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        body = await self._parse(request, ChatCompletionRequest)
-        if not self.tokenizer.has_chat_template:
-            raise APIError(400, "this model has no chat template: use /v1/completions", param="messages")
-        self._admit(body.n, "n")
-        try:
-            prompt = await self.tokenizer.chat_ids_async(body.template_messages(), body.add_generation_prompt,
-                                                         self.config.max_model_len)
-        except TemplateError as exc:
-            raise APIError(400, f"the chat template could not render these messages: {public_message(exc)}",
-                           "messages") from None
-        return await self._serve(request, body, [prompt], chat=True)
+        with self._open_request():
+            body = await self._parse(request, ChatCompletionRequest)
+            if not self.tokenizer.has_chat_template:
+                raise APIError(400, "this model has no chat template: use /v1/completions", param="messages")
+            with self._admitted(body.n, "n"):
+                try:
+                    prompt = await self.tokenizer.chat_ids_async(body.template_messages(), body.add_generation_prompt,
+                                                                 self.config.max_model_len)
+                except TemplateError as exc:
+                    raise APIError(400, "the chat template could not render these messages: "
+                                        f"{public_message(exc)}", "messages") from None
+                return await self._serve(request, body, [prompt], chat=True)
 
     async def _parse(self, request: web.Request, model: type[BaseModel]):
         if self.draining:
@@ -266,25 +277,45 @@ class OpenAIServer:
                                 f"'{self.config.served_model_name}'", "model", "model_not_found")
         return body
 
-    def _admit(self, sequences: int, param: str) -> None:
+    @contextlib.contextmanager
+    def _open_request(self):
+        """A generation request from its first byte to its last: what a drain waits for."""
+        self.active_requests += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.active_requests -= 1
+            if not self.active_requests:
+                self._idle.set()
+
+    @contextlib.contextmanager
+    def _admitted(self, sequences: int, param: str):
         """Bounded work: a cap on one request's sequences, and a bounded queue beyond the running
         batch. A request over the queue bound gets 429 at once, so a flood waits at the edge (where
-        it costs nothing) rather than in the engine. An idle engine takes any request under the cap."""
+        it costs nothing) rather than in the engine. The sequences count from admission, before
+        tokenizing, so requests still being tokenized take their place too. An idle server takes
+        any request under the cap."""
         limits = self.limits
         if sequences > limits.max_seqs_per_request:
             raise APIError(400, f"this request asks for {sequences} sequences (prompts x n); this server takes at "
                                 f"most {limits.max_seqs_per_request} per request", param)
-        in_flight = self.engine.in_flight
-        if in_flight and in_flight + sequences > self.config.max_num_seqs + limits.max_queued_seqs:
+        taken = self.admitted_sequences
+        if taken and taken + sequences > self.config.max_num_seqs + limits.max_queued_seqs:
             self.metrics.rejected("queue_full")
-            raise APIError(429, f"the server is at capacity ({in_flight} sequences in flight); retry after "
+            raise APIError(429, f"the server is at capacity ({taken} sequences in flight); retry after "
                                 f"{limits.retry_after}s", code="queue_full",
                            headers={"Retry-After": str(limits.retry_after)})
+        self.admitted_sequences += sequences
+        try:
+            yield
+        finally:
+            self.admitted_sequences -= sequences
 
-    async def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
+    async def _prompt_ids(self, prompt: str | list[int], offload: bool) -> list[int] | int:
         if isinstance(prompt, str):
-            return await self.tokenizer.encode_async(prompt, self.config.max_model_len)
-        vocab = self.config.vocab_size or 2**31
+            return await self.tokenizer.encode_async(prompt, self.config.max_model_len, offload)
+        vocab = self.vocab_size
         for position, token_id in enumerate(prompt):
             if not 0 <= token_id < vocab:
                 raise APIError(400, f"prompt token id {token_id} at position {position} is outside this model's "
@@ -328,16 +359,9 @@ class OpenAIServer:
         streams = self._sequences(body, prompts, arrival)
         prefix = "chatcmpl" if chat else "cmpl"
         response_id = f"{prefix}-{uuid.uuid4().hex}"
-        self.active_requests += 1
-        self._idle.clear()
-        try:
-            if body.stream:
-                return await self._stream(request, body, prompts, streams, response_id, chat)
-            return await self._complete(body, prompts, streams, response_id, chat)
-        finally:
-            self.active_requests -= 1
-            if not self.active_requests:
-                self._idle.set()
+        if body.stream:
+            return await self._stream(request, body, prompts, streams, response_id, chat)
+        return await self._complete(body, prompts, streams, response_id, chat)
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no generation request is in flight; False if time ran out first."""

@@ -58,6 +58,7 @@ class EngineClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Future | None = None
         self._stopping = False
+        self._interrupted: Exception | None = None  # set by interrupt_all
 
     async def start(self) -> None:
         """Start the engine process and wait until its pipeline is loaded."""
@@ -82,6 +83,8 @@ class EngineClient:
         """Submit one sequence; its Deltas arrive on the returned queue."""
         if not self.alive:
             raise EngineDead("the engine process is not running")
+        if self._interrupted is not None:  # a request that was still being read or tokenized
+            raise self._interrupted
         request_id = next(self._ids)
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[request_id] = queue
@@ -98,7 +101,9 @@ class EngineClient:
         self._queues.pop(request_id, None)
 
     def interrupt_all(self, error: Exception) -> None:
-        """End every sequence in flight with `error` (their handlers raise it and abort them)."""
+        """End every sequence in flight with `error` (their handlers raise it and abort them), and
+        refuse new ones with it."""
+        self._interrupted = error
         for queue in self._queues.values():
             queue.put_nowait(error)
 

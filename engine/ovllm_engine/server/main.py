@@ -26,8 +26,13 @@ from ovllm_engine.server.metrics import EngineMetrics
 
 log = logging.getLogger("ovllm.serve")
 
-# After the grace: how long interrupted requests get to send their error, and connections to close.
+# After the grace: how long interrupted requests get to send their error event, then how long
+# handlers still running get before they are cancelled, then how long the engine process gets to
+# stop before it is killed. All three bound the exit: the operator's terminationGracePeriodSeconds
+# allows preStop + --shutdown-grace + 15 (builders.py).
 FINAL_SECONDS = 5.0
+CANCEL_SECONDS = 1.0
+ENGINE_STOP_SECONDS = 5.0
 
 
 def run(config: EngineConfig, host: str, port: int, api_key: str | None, shutdown_grace: float,
@@ -64,7 +69,7 @@ async def _serve(config: EngineConfig, host: str, port: int, api_key: str | None
 
     server = make_server(config, engine, metrics, api_key, limits)
     # handler_cancellation: a client that disconnects cancels its handler, which frees its sequences.
-    runner = web.AppRunner(server.app(), handler_cancellation=True, shutdown_timeout=FINAL_SECONDS)
+    runner = web.AppRunner(server.app(), handler_cancellation=True, shutdown_timeout=CANCEL_SECONDS)
     await runner.setup()
     await EdgeSite(runner, host, port, header_timeout=limits.header_timeout).start()
     log.info("serving %s on http://%s:%d (engine pid %s)", config.served_model_name, host, port, engine.pid)
@@ -79,9 +84,9 @@ async def _serve(config: EngineConfig, host: str, port: int, api_key: str | None
                         server.active_requests)
             engine.interrupt_all(ShuttingDown())
             await server.wait_idle(FINAL_SECONDS)
-    # Stops listening, closes connections (handlers still running get FINAL_SECONDS, then are cancelled).
+    # Stops listening, closes connections (handlers still running get CANCEL_SECONDS, then are cancelled).
     await runner.cleanup()
     server.tokenizer.close()
-    await engine.stop()
+    await engine.stop(ENGINE_STOP_SECONDS)
     log.info("stopped (exit code %d)", exit_code)
     return exit_code
