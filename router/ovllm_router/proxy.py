@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import time
-import zlib
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -23,6 +22,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from yarl import URL
 
+from ovllm_edge.encoding import BodyEncodingError, decode_body
 from ovllm_edge.errors import error_body, error_response
 from ovllm_edge.logs import RateLimitedLog, detail
 from ovllm_edge.site import EdgeSite
@@ -84,19 +84,11 @@ def target(request: web.Request) -> str:
 
 def decoded(body: bytes, encoding: str, limit: int) -> bytes | None:
     """The body with its gzip or deflate Content-Encoding undone, for hashing its prompt; None when
-    it is not a single such encoding, is corrupt, or decodes past `limit` bytes."""
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding not in ("gzip", "x-gzip", "deflate"):
-        return None
-    # wbits: 16+ for a gzip member; 32+ detects zlib or gzip (a deflate body is zlib-wrapped)
-    inflater = zlib.decompressobj(wbits=(16 if "gzip" in encoding else 32) + zlib.MAX_WBITS)
+    it cannot be (the replica then refuses it)."""
     try:
-        plain = inflater.decompress(body, limit)
-    except zlib.error:
+        return decode_body(body, encoding, limit)
+    except BodyEncodingError:
         return None
-    return plain if not inflater.unconsumed_tail else None
 
 
 class Router:

@@ -8,8 +8,10 @@ arrive finishes with every one of its tokens. `--max-model-len` bounds prompt pl
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
+import zlib
 
 import httpx
 import openai
@@ -23,6 +25,14 @@ COMPLETIONS = "/v1/completions"
 USER = [{"role": "user", "content": "hi"}]
 
 TINY_VOCAB = 151936  # the tiny test model's vocabulary (Qwen2's): ids 0 to 151935
+
+
+GOOD = b'{"model": "tiny", "prompt": "hi", "max_tokens": 2}'
+
+
+def encoded(body: bytes, encoding: str) -> dict:
+    """httpx kwargs for a body sent with this Content-Encoding."""
+    return {"content": body, "headers": {"Content-Encoding": encoding, "Content-Type": "application/json"}}
 
 
 def raw(text: str) -> dict:
@@ -77,8 +87,13 @@ BAD_REQUESTS = [
      raw('{"model": "tiny", "prompt": "hi", "repetition_penalty": Infinity}'), 400, None, None),
     ("top-p-1e999", "POST", CHAT, raw('{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], '
                                       '"top_p": 1e999}'), 400, None, None),
-    ("gzip-that-is-not", "POST", COMPLETIONS, {"content": b'{"model": "tiny", "prompt": "hi"}', "headers": {
-        "Content-Encoding": "gzip", "Content-Type": "application/json"}}, 400, None, None),
+    ("gzip-that-is-not", "POST", COMPLETIONS, encoded(b'{"model": "tiny", "prompt": "hi"}', "gzip"), 400, None, None),
+    ("deflate-truncated", "POST", COMPLETIONS, encoded(zlib.compress(GOOD)[2:-8], "deflate"), 400, None, None),
+    ("gzip-truncated", "POST", CHAT, encoded(gzip.compress(GOOD)[:-12], "gzip"), 400, None, None),
+    ("gzip-bomb", "POST", COMPLETIONS, encoded(gzip.compress(b" " * (9 * 1024 * 1024)), "gzip"), 413, None, None),
+    ("brotli", "POST", COMPLETIONS, encoded(GOOD, "br"), 415, None, None),
+    ("two-encodings", "POST", COMPLETIONS, encoded(gzip.compress(gzip.compress(GOOD)), "gzip, gzip"), 415, None,
+     None),
     # out of range for the model or the engine
     ("token-id-1e9", "POST", COMPLETIONS, {"json": {"model": "tiny", "prompt": [1, 1000000000]}}, 400, "prompt",
      None),

@@ -24,6 +24,7 @@ from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
+from ovllm_edge.encoding import BodyEncodingError, decode_body
 from ovllm_edge.errors import error_body, error_response
 from ovllm_edge.logs import RateLimitedLog, detail
 from ovllm_engine import __version__
@@ -260,6 +261,10 @@ class OpenAIServer:
             raw = await asyncio.wait_for(request.read(), self.limits.body_timeout)
         except TimeoutError:
             raise APIError(408, f"the request body did not arrive within {self.limits.body_timeout:g}s") from None
+        try:
+            raw = decode_body(raw, request.headers.get("Content-Encoding", ""), self.limits.max_request_bytes)
+        except BodyEncodingError as exc:
+            raise APIError(exc.status, exc.message) from None
         data = parse_json(raw)
         if not isinstance(data, dict):
             raise APIError(400, "the request body must be a JSON object")

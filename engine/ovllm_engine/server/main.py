@@ -71,7 +71,8 @@ async def _serve(config: EngineConfig, host: str, port: int, api_key: str | None
     # handler_cancellation: a client that disconnects cancels its handler, which frees its sequences.
     runner = web.AppRunner(server.app(), handler_cancellation=True, shutdown_timeout=CANCEL_SECONDS)
     await runner.setup()
-    await EdgeSite(runner, host, port, header_timeout=limits.header_timeout).start()
+    # auto_decompress off: api_server.py decodes bodies itself (bounded, truncation refused at once)
+    await EdgeSite(runner, host, port, header_timeout=limits.header_timeout, auto_decompress=False).start()
     log.info("serving %s on http://%s:%d (engine pid %s)", config.served_model_name, host, port, engine.pid)
 
     await stop.wait()
