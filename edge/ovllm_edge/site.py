@@ -21,7 +21,7 @@ from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from ovllm_edge.errors import error_response
-from ovllm_edge.logs import RateLimitedLog
+from ovllm_edge.logs import RateLimitedLog, detail
 
 log = logging.getLogger("ovllm.http")
 
@@ -38,6 +38,27 @@ def client_problem(exc: BaseException | None) -> str | None:
     if isinstance(exc, http_exceptions.HttpProcessingError):
         return "malformed HTTP request"
     return None
+
+
+def request_refusal(exc: BaseException, max_request_bytes: int) -> tuple[int, str] | None:
+    """Status and message for what aiohttp raises about the request itself inside a handler (its
+    HTTP errors: 404, 405, 413; a body it cannot read); None for anything else."""
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
+        if exc.status == 413:
+            return 413, f"request body larger than {max_request_bytes} bytes"
+        return exc.status, exc.reason or HTTPStatus(exc.status).phrase
+    problem = client_problem(exc)
+    return (400, problem) if problem is not None else None
+
+
+def answer_unhandled(request: web.Request, client_log: RateLimitedLog) -> web.Response:
+    """Inside an `except`: log a failure of the server's own (rate-limited ERROR, with its traceback)
+    and answer 500; or, when the answer had begun, raise ConnectionError (a 500 would corrupt it)."""
+    client_log.log(logging.ERROR, "unhandled", "unhandled error in %s %s", request.method, detail(request.path),
+                   exc_info=True)
+    if request.writer.output_size > 0:
+        raise ConnectionError("the answer had begun; closing the connection") from None
+    return error_response(500, "internal server error")
 
 
 class EdgeRequestHandler(RequestHandler):

@@ -14,7 +14,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from http import HTTPStatus
 
 import aiohttp
 from aiohttp import http_exceptions, web
@@ -25,7 +24,7 @@ from yarl import URL
 from ovllm_edge.encoding import BodyEncodingError, decode_body
 from ovllm_edge.errors import error_body, error_response
 from ovllm_edge.logs import RateLimitedLog, detail
-from ovllm_edge.site import EdgeSite
+from ovllm_edge.site import EdgeSite, answer_unhandled, request_refusal
 from ovllm_router.balancer import Balancer, prefix_key
 from ovllm_router.metrics import CONTENT_TYPE, NO_BACKEND, RouterMetrics
 
@@ -143,22 +142,15 @@ class Router:
             return await handler(request)
         except ClientError as exc:
             status, message = exc.status, exc.message
-        except web.HTTPException as exc:  # aiohttp's own: 405 method, 413 body too large
-            if exc.status < 400:
+        except (web.HTTPException, RequestPayloadError, http_exceptions.HttpProcessingError) as exc:
+            refused = request_refusal(exc, self.settings.max_request_bytes)
+            if refused is None:  # an HTTPException below 400 (a redirect): aiohttp sends it
                 raise
-            status, message = exc.status, exc.reason or HTTPStatus(exc.status).phrase
-            if exc.status == 413:
-                message = f"request body larger than {self.settings.max_request_bytes} bytes"
-        except (RequestPayloadError, http_exceptions.HttpProcessingError):
-            status, message = 400, "the request body could not be read as its Transfer-Encoding says"
+            status, message = refused
         except ConnectionError:  # BrokeMidResponse too: the answer had begun, or the client went away
             raise
         except Exception:
-            self.client_log.log(logging.ERROR, "unhandled", "unhandled error in %s %s", request.method,
-                                detail(request.path), exc_info=True)
-            if request.writer.output_size > 0:  # the answer had begun: a 500 now would corrupt it
-                raise ConnectionError("the answer had begun; closing the connection") from None
-            return error_response(500, "internal server error")
+            return answer_unhandled(request, self.client_log)
         self.client_log.log(logging.INFO, f"refused:{status}", "%d %s %s: %s", status, request.method,
                             detail(request.path), message)
         response = error_response(status, message)

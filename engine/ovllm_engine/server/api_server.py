@@ -18,7 +18,6 @@ import re
 import secrets
 import time
 import uuid
-from http import HTTPStatus
 
 from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestPayloadError
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from ovllm_edge.encoding import BodyEncodingError, decode_body
 from ovllm_edge.errors import error_body, error_response
 from ovllm_edge.logs import RateLimitedLog, detail
+from ovllm_edge.site import answer_unhandled, request_refusal
 from ovllm_engine import __version__
 from ovllm_engine.config import EngineConfig
 from ovllm_engine.server import generation
@@ -160,19 +160,15 @@ class OpenAIServer:
         except APIError as exc:
             self._log_refusal(request, exc.status, exc.message)
             response = error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
-        except web.HTTPException as exc:  # aiohttp's own: 404 route, 405 method, 413 body too large
-            if exc.status < 400:
+        except (web.HTTPException, RequestPayloadError, http_exceptions.HttpProcessingError) as exc:
+            refused = request_refusal(exc, self.limits.max_request_bytes)
+            if refused is None:  # an HTTPException below 400 (a redirect): aiohttp sends it
                 raise
-            message = exc.reason or HTTPStatus(exc.status).phrase
-            if exc.status == 413:
-                message = f"request body larger than {self.limits.max_request_bytes} bytes"
-            self._log_refusal(request, exc.status, message)
-            response = error_response(exc.status, message)
-        except (RequestPayloadError, http_exceptions.HttpProcessingError) as exc:  # a body that does not decode
-            self._log_refusal(request, 400, type(exc).__name__)
-            response = error_response(400, "the request body could not be read as its Content-Encoding or "
-                                           "Transfer-Encoding says")
-            response.force_close()  # where this body ends is unknown: the connection cannot carry another
+            status, message = refused
+            self._log_refusal(request, status, message)
+            response = error_response(status, message)
+            if not isinstance(exc, web.HTTPException):
+                response.force_close()  # where an unreadable body ends is unknown: the connection is done
         except EngineDead:
             response = error_response(503, "the engine process died; this server exits to be restarted",
                                       code="engine_dead")
@@ -181,11 +177,7 @@ class OpenAIServer:
         except ConnectionError:
             raise  # the client went away (mid-body or mid-answer): nothing to answer, nothing to log
         except Exception:
-            self.client_log.log(logging.ERROR, "unhandled", "unhandled error in %s %s", request.method,
-                                detail(request.path), exc_info=True)
-            if request.writer.output_size > 0:  # the answer had begun: a 500 now would corrupt it
-                raise ConnectionError("the answer had begun; closing the connection") from None
-            response = error_response(500, "internal server error")
+            response = answer_unhandled(request, self.client_log)
         if self.draining and not response.prepared:
             response.force_close()  # a client with a kept-alive connection reconnects, to another replica
         elif response.status == 408:

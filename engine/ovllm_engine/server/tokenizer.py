@@ -49,11 +49,11 @@ class Tokenizer:
         return self.encode(text, add_special_tokens=False)  # the template wrote them already
 
     # -- off the event loop when long ----------------------------------------------------------
-    async def encode_async(self, text: str, max_tokens: int, offload: bool | None = None) -> list[int] | int:
+    async def encode_async(self, text: str, max_tokens: int, offload: bool) -> list[int] | int:
         """The text's token ids; or, for a long text of more than max_tokens tokens, only their count
         (a million ids would cost more to send between processes than to count). offload: in the
-        helper or not (None: as the text's own length says)."""
-        if not (len(text) > INLINE_CHARS if offload is None else offload):
+        helper, as the caller decides (a request's texts together, against INLINE_CHARS)."""
+        if not offload:
             return self.encode(text)
         return await self._in_helper(_helper_encode, text, max_tokens)
 
