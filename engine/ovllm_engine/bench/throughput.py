@@ -38,7 +38,7 @@ def run(args) -> int:
     model = prepare(args.model, args, parse_env(), isolate=True)
     args.model, args.served_model_name = str(model.path), model.name
     config = build_config(args)
-    requests = datasets.load(args, datasets.Tokens(config.model_dir))
+    requests = datasets.load(args, datasets.Tokens(config.model_path))
     longest = max(r.prompt_len + r.output_len for r in requests)
     if longest > config.max_model_len:
         raise ValueError(f"a request needs {longest} tokens, more than --max-model-len {config.max_model_len}")

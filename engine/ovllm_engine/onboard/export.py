@@ -21,6 +21,7 @@ from optimum.exporters.tasks import TasksManager
 from optimum.intel import OVConfig
 from transformers.utils import logging as transformers_logging
 
+from ovllm_engine.onboard import from_gguf, tokenizer_check
 from ovllm_engine.onboard.options import ConversionOptions
 from ovllm_engine.onboard.progress import Steps, on_terminal
 from ovllm_engine.onboard.source import IR_MODEL_FILE, ModelError
@@ -63,8 +64,27 @@ def check_exportable(hf_dir: Path) -> None:
         )
 
 
-def export_ir(hf_dir: Path, out: Path, options: ConversionOptions, title: str) -> None:
-    """Write the IR of `hf_dir` into the empty directory `out`."""
+def export_gguf(gguf: Path, out: Path, options: ConversionOptions, title: str) -> None:
+    """Write the IR of a GGUF file's weights, dequantized by transformers' GGUF loader, in the
+    requested weight format, with GenAI's tokenizer of the same file (transformers' own tokenizer from
+    a GGUF can be wrong, see tokenizer_check.py)."""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with tempfile.TemporaryDirectory(prefix="ovllm-gguf-hf-", dir=out.parent) as scratch:
+        with Steps(title, [f"dequantizing {gguf.name} with transformers"]) as progress, progress.step(
+                f"dequantizing {gguf.name} with transformers"):
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            model.save_pretrained(scratch)
+            del model
+        export_ir(Path(scratch), out, options, title, gguf=gguf)
+
+
+def export_ir(hf_dir: Path, out: Path, options: ConversionOptions, title: str, gguf: Path | None = None) -> None:
+    """Write the IR of `hf_dir` into the empty directory `out`. gguf: the file hf_dir's weights came
+    from, whose tokenizer (read by GenAI) is the one to write."""
     check_exportable(hf_dir)
     compress = options.weight_format in ("int8", "int4")
     steps = ["exporting with optimum-intel"]
@@ -87,7 +107,7 @@ def export_ir(hf_dir: Path, out: Path, options: ConversionOptions, title: str) -
                 output=out,
                 task=TASK,
                 ov_config=OVConfig(dtype=dtype),
-                convert_tokenizer=True,
+                convert_tokenizer=gguf is None,
                 local_files_only=True,
                 trust_remote_code=options.trust_remote_code,
             )
@@ -95,7 +115,14 @@ def export_ir(hf_dir: Path, out: Path, options: ConversionOptions, title: str) -
             with progress.step(steps[1]):
                 _compress_weights(out, options)
         with progress.step(steps[-1]):
+            if gguf is not None:
+                from_gguf.write_tokenizer(gguf, out)
+                source_encode, source_name = tokenizer_check.gguf_encoder(gguf), f"GenAI's reader of {gguf.name}"
+            else:
+                source_encode = tokenizer_check.transformers_encoder(hf_dir, options.trust_remote_code)
+                source_name = "the transformers tokenizer"
             _check_result(out, options)
+            tokenizer_check.check(source_encode, out, source_name)
 
 
 def _compress_weights(out: Path, options: ConversionOptions) -> None:

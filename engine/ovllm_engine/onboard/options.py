@@ -40,9 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "model source and conversion",
         "MODEL may be a directory with OpenVINO IR (served as it is), a Hugging Face model directory, "
+        "a GGUF file or a directory holding one (served as it is by OpenVINO GenAI's GGUF reader), "
         "or a Hugging Face hub id (downloaded with huggingface_hub, which honours HF_TOKEN, HF_HOME, "
         "HF_ENDPOINT and HF_HUB_OFFLINE). Hugging Face models are converted to OpenVINO IR once and cached.",
     )
+    group.add_argument("--gguf-file", metavar="NAME",
+                       help="the GGUF file to take from a hub repo or a directory that holds several")
     group.add_argument("--revision", help="hub revision: branch, tag or commit (default: main)")
     group.add_argument(
         "--download-dir",

@@ -24,8 +24,9 @@ from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ovllm_engine import __version__
+from ovllm_engine import __version__, gguf_file
 from ovllm_engine.config import QUANTIZED_WEIGHTS, EnvSettings
+from ovllm_engine.onboard import from_gguf, tokenizer_check
 from ovllm_engine.onboard import options as conversion_options
 from ovllm_engine.onboard.options import ConversionOptions
 from ovllm_engine.onboard.progress import format_bytes, format_duration
@@ -54,15 +55,17 @@ class ConversionReported(ModelError):
 
 
 def prepare(model: str, args, settings: EnvSettings, output: Path | None = None,
-            isolate: bool = False) -> LocalModel:
+            isolate: bool = False, serve_gguf: bool = False) -> LocalModel:
     """Return the OpenVINO IR directory to serve for MODEL, downloading and converting as needed.
 
     isolate: convert in a child process, so that a server does not keep torch's memory afterwards.
+    serve_gguf: a GGUF file is returned as it is (GenAI serves it) unless a weight format is asked for.
     """
-    local = local_directory(model)
+    gguf_name = getattr(args, "gguf_file", None)
+    local = local_directory(model, gguf_name)
     if local is None:
         check_hub_id(model)
-        local = download(model, args.revision, args.download_dir)
+        local = download(model, args.revision, args.download_dir, gguf_name)
     elif args.revision:
         log.warning("--revision %s is ignored: %s is a local directory", args.revision, model)
     if local.is_ir:
@@ -73,17 +76,28 @@ def prepare(model: str, args, settings: EnvSettings, output: Path | None = None,
             log.warning("%s ignored: %s is already OpenVINO IR, used as it is", ", ".join(ignored), local.path)
         return _copy_ir(local, output) if output else local
 
-    options = conversion_options.resolve(args, settings)
-    if options.weight_format is None:
-        options = replace(options, weight_format=source_precision(local.path))
-    check_source(local.path, options)
+    if local.is_gguf:
+        try:
+            gguf_file.check_servable(local.path)
+        except gguf_file.GGUFError as exc:
+            raise ModelError(str(exc)) from None
+        # A GGUF is quantized already: only an explicit --weight-format converts it.
+        options = conversion_options.resolve(args, replace(settings, quantized_weights=None))
+        if serve_gguf and options.weight_format is None:
+            return local
+    else:
+        options = conversion_options.resolve(args, settings)
+        if options.weight_format is None:
+            options = replace(options, weight_format=source_precision(local.path))
+        check_source(local.path, options)
     key = conversion_key(local, options)
     target = output or cache_root(args.download_dir) / f"{_slug(local)}--{options.label()}--{key[:12]}"
     converted = replace(local, path=target, is_ir=True)
     if _reuse(target, key):
         return converted
     _check_free(target)
-    _require_converter()
+    if not (local.is_gguf and options.weight_format is None):  # GenAI alone writes a GGUF's IR as it is
+        _require_converter()
     check_disk_space(local.path, target.parent, options)
     metadata = {"key": key, "source": local.repo_id or str(local.path), "commit": local.commit,
                 "options": asdict(options), "versions": converter_versions(), "ovllm": __version__}
@@ -153,6 +167,9 @@ def conversion_key(local: LocalModel, options: ConversionOptions) -> str:
 def _fingerprint(root: Path) -> list:
     """Each file's path, size and modification time: a changed model gets a new key, without
     reading gigabytes of weights to hash them."""
+    if root.is_file():
+        stat = root.stat()
+        return [[root.name, stat.st_size, stat.st_mtime_ns]]
     files = []
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
@@ -217,6 +234,12 @@ def _check_int4_groups(config: dict, group_size: int) -> None:
 def check_disk_space(hf_dir: Path, where: Path, options: ConversionOptions) -> None:
     """Refuse a conversion that cannot fit: the exported IR and, when compressing, its compressed copy
     exist side by side for a moment. Tokenizer files are not counted: this is a lower bound."""
+    if gguf_file.is_gguf(hf_dir):
+        # Dequantized through an fp32 checkpoint (at least 4 bytes per weight, and a GGUF stores at
+        # least about half a byte per weight) before the export; as it is, one copy of the file.
+        needed = hf_dir.stat().st_size * (1 if options.weight_format is None else 8)
+        _require_free(where, needed)
+        return
     stored = sum(path.stat().st_size for path in hf_dir.rglob("*")
                  if path.is_file() and path.suffix in WEIGHT_FILE_SUFFIXES)
     source_bytes_per_weight = 4 if source_precision(hf_dir) == "fp32" else 2
@@ -227,6 +250,10 @@ def check_disk_space(hf_dir: Path, where: Path, options: ConversionOptions) -> N
         needed += weights
     elif options.weight_format == "int4":
         needed += weights * (0.5 * options.ratio + (1 - options.ratio))
+    _require_free(where, needed)
+
+
+def _require_free(where: Path, needed: float) -> None:
     where.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(where).free
     if free < needed:
@@ -249,11 +276,20 @@ def convert_into(target: Path, local: LocalModel, options: ConversionOptions, me
     title = f"converting {local.name} to {options.label()}"
     log.info("%s into %s", title, target)
     started = time.monotonic()
-    from ovllm_engine.onboard import export  # torch, optimum-intel, NNCF: seconds to import
+    if local.is_gguf and options.weight_format is None:
+        export = None  # GenAI alone
+    else:
+        from ovllm_engine.onboard import export  # torch, optimum-intel, NNCF: seconds to import
 
     def build(tmp: Path) -> None:
         try:
-            export.export_ir(local.path, tmp, options, title)
+            if local.is_gguf and options.weight_format is None:
+                from_gguf.write_ir(local.path, tmp)
+                tokenizer_check.check(tokenizer_check.gguf_encoder(local.path), tmp, f"GenAI's reader of {local.name}")
+            elif local.is_gguf:
+                export.export_gguf(local.path, tmp, options, title)
+            else:
+                export.export_ir(local.path, tmp, options, title)
         except ModelError:
             raise
         except Exception as exc:

@@ -477,5 +477,5 @@ class OpenAIServer:
 
 
 def make_server(config: EngineConfig, engine: EngineClient, metrics: EngineMetrics, api_key: str | None,
-                limits: Limits) -> OpenAIServer:
-    return OpenAIServer(config, engine, metrics, Tokenizer(config.model_dir), api_key, limits)
+                limits: Limits, tokenizer: Tokenizer | None = None) -> OpenAIServer:
+    return OpenAIServer(config, engine, metrics, tokenizer or Tokenizer(config.model_path), api_key, limits)

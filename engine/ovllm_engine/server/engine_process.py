@@ -38,7 +38,7 @@ def build_pipeline(config: EngineConfig):
     scheduler.max_num_seqs = config.max_num_seqs
     scheduler.enable_prefix_caching = config.enable_prefix_caching
     scheduler.dynamic_split_fuse = config.enable_chunked_prefill
-    return ov_genai.ContinuousBatchingPipeline(config.model_dir, scheduler, config.device, config.ov_properties())
+    return ov_genai.ContinuousBatchingPipeline(config.model_path, scheduler, config.device, config.ov_properties())
 
 
 def generation_config(sampling: dict, defaults):
@@ -185,7 +185,7 @@ def engine_main(config: EngineConfig, conn: Connection, log_level: int = logging
         pipeline = build_pipeline(config)
     except Exception as exc:
         log.exception("could not load the model")
-        conn.send(("failed", f"could not load {config.model_dir}: {exc}"))
+        conn.send(("failed", f"could not load {config.model_path}: {exc}"))
         return
     log.info("pipeline ready in %.1fs (engine pid %d)", time.monotonic() - started, os.getpid())
     conn.send(("ready", {"pid": os.getpid()}))

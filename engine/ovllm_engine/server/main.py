@@ -23,6 +23,7 @@ from ovllm_engine.server.api_server import make_server
 from ovllm_engine.server.engine_client import EngineClient, EngineStartFailed, ShuttingDown
 from ovllm_engine.server.limits import Limits
 from ovllm_engine.server.metrics import EngineMetrics
+from ovllm_engine.server.tokenizer import Tokenizer
 
 log = logging.getLogger("ovllm.serve")
 
@@ -57,8 +58,17 @@ async def _serve(config: EngineConfig, host: str, port: int, api_key: str | None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     engine.on_death = engine_died
+    starting = asyncio.ensure_future(engine.start())
+    await asyncio.sleep(0)  # the engine process is spawned and builds its pipeline...
     try:
-        await engine.start()
+        tokenizer = Tokenizer(config.model_path)  # ...while this process loads the tokenizer (seconds for a GGUF)
+    except Exception as exc:
+        log.error("could not load the tokenizer of %s: %s", config.model_path, exc)
+        starting.cancel()
+        await engine.stop(1.0)  # still loading: no pipeline to stop cleanly
+        return 1
+    try:
+        await starting
     except EngineStartFailed as exc:
         log.error("%s", exc)
         await engine.stop()
@@ -67,7 +77,7 @@ async def _serve(config: EngineConfig, host: str, port: int, api_key: str | None
         await engine.stop()
         return exit_code
 
-    server = make_server(config, engine, metrics, api_key, limits)
+    server = make_server(config, engine, metrics, api_key, limits, tokenizer)
     # handler_cancellation: a client that disconnects cancels its handler, which frees its sequences.
     runner = web.AppRunner(server.app(), handler_cancellation=True, shutdown_timeout=CANCEL_SECONDS)
     await runner.setup()
