@@ -81,7 +81,7 @@ class Resource:
 class ModelPlan:
     """Where the engine pods find their model, and whether a conversion Job puts it there first."""
 
-    serve_path: str  # the MODEL argument of `ovllm serve`: always an IR directory
+    serve_path: str  # the MODEL argument of `ovllm serve`: an IR directory, or a GGUF source as it is
     uses_job: bool  # a conversion Job fills the model cache first
     convert_in_pod: bool  # no model cache: an init container converts into the pod's emptyDir
 
@@ -98,6 +98,8 @@ def source_path(resource: Resource) -> str:
 
 def model_plan(resource: Resource) -> ModelPlan:
     model = resource.spec.model
+    if model.is_gguf:  # the engine reads the file itself (a hub repo's: downloads it at start)
+        return ModelPlan(source_path(resource), False, False)
     if not model.needs_conversion:
         return ModelPlan(model.image_path, False, False)
     if resource.spec.model_cache is None:
@@ -141,6 +143,8 @@ def engine_env(resource: Resource) -> list[dict]:
     ]
     if spec.api_key_secret_ref:
         env.append(secret_env(API_KEY, spec.api_key_secret_ref))
+    if spec.model.is_gguf and spec.model.hub_token_secret_ref:  # the engine downloads a hub GGUF itself
+        env.append(secret_env("HF_TOKEN", spec.model.hub_token_secret_ref))
     return _with_extra_env(env, spec.engine.extra_env)
 
 
@@ -164,6 +168,11 @@ def engine_args(resource: Resource, serve_path: str | None = None) -> list[str]:
             "--shutdown-grace", str(SHUTDOWN_GRACE_SECONDS)]
     if engine.max_model_len:
         args += ["--max-model-len", str(engine.max_model_len)]
+    model = resource.spec.model
+    if model.gguf_file:
+        args += ["--gguf-file", model.gguf_file]
+    if model.is_gguf and model.revision:
+        args += ["--revision", model.revision]
     return args + list(engine.extra_args)
 
 

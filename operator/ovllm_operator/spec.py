@@ -47,6 +47,7 @@ class ModelSpec(_Model):
     hub_token_secret_ref: HubTokenSecretRef | None = None
     pvc: PvcSource | None = None
     image_path: str | None = None
+    gguf_file: str | None = None
     served_model_name: str | None = None
     weight_format: Literal["fp16", "int8", "int4"] = "int8"
     trust_remote_code: bool = False
@@ -59,21 +60,33 @@ class ModelSpec(_Model):
             raise ValueError("set exactly one source: hub, pvc or imagePath")
         if self.revision is not None and self.hub is None:
             raise ValueError("revision applies only to a hub source")
+        if self.gguf_file is not None and self.image_path is not None:
+            raise ValueError("ggufFile names a file in a hub repo or a pvc directory; for an image, put the "
+                             "file's path in imagePath")
         return self
 
     @property
     def source(self) -> str:
         """The source as one string, for status and the memory estimate."""
+        file = f"/{self.gguf_file}" if self.gguf_file else ""
         if self.hub:
-            return self.hub + (f"@{self.revision}" if self.revision else "")
+            return self.hub + (f"@{self.revision}" if self.revision else "") + file
         if self.pvc:
-            return f"pvc://{self.pvc.claim_name}/{self.pvc.path}".rstrip("/")
+            return f"pvc://{self.pvc.claim_name}/{self.pvc.path}".rstrip("/") + file
         return self.image_path
 
     @property
+    def is_gguf(self) -> bool:
+        """A GGUF file, which the engine serves as it is (GenAI reads it): no conversion."""
+        if self.gguf_file:
+            return True
+        path = self.image_path or (self.pvc.path if self.pvc else "")
+        return path.lower().endswith(".gguf")
+
+    @property
     def needs_conversion(self) -> bool:
-        """A hub id or a volume may hold a Hugging Face model; an image path is IR by contract."""
-        return self.image_path is None
+        """A hub id or a volume may hold a Hugging Face model; an image path is IR or GGUF by contract."""
+        return self.image_path is None and not self.is_gguf
 
 
 class EngineSpec(_Model):

@@ -219,6 +219,37 @@ def test_image_models_are_served_as_they_are():
     assert engine_container(builders.deployment(resource))["args"][1] == "/opt/models/qwen-ov"
 
 
+@pytest.mark.parametrize(("model", "serve", "flags"), [
+    ({"imagePath": "/opt/models/SmolLM2-135M-Instruct.Q4_1.gguf"}, "/opt/models/SmolLM2-135M-Instruct.Q4_1.gguf", []),
+    ({"pvc": {"claimName": "weights", "path": "gguf/qwen2.5-7b-instruct-q4_k_m.gguf"}},
+     "/source/gguf/qwen2.5-7b-instruct-q4_k_m.gguf", []),
+    ({"pvc": {"claimName": "weights", "path": "gguf"}, "ggufFile": "qwen2.5-7b-instruct-q4_k_m.gguf"},
+     "/source/gguf", ["--gguf-file", "qwen2.5-7b-instruct-q4_k_m.gguf"]),
+    ({"hub": "Qwen/Qwen2.5-7B-Instruct-GGUF", "ggufFile": "qwen2.5-7b-instruct-q4_k_m.gguf", "revision": "v1",
+      "hubTokenSecretRef": {"name": "hf"}},
+     "Qwen/Qwen2.5-7B-Instruct-GGUF", ["--gguf-file", "qwen2.5-7b-instruct-q4_k_m.gguf", "--revision", "v1"]),
+])
+def test_gguf_files_are_served_as_they_are_without_conversion(model, serve, flags):
+    """GenAI reads a GGUF itself: no Job, no init container, whatever the weight format or cache says."""
+    cache = {} if "imagePath" not in model else None
+    resource = make({"model": {**model, "weightFormat": "int4"}, "modelCache": cache})
+    assert resource.spec.model.is_gguf and not resource.spec.model.needs_conversion
+    assert builders.conversion_job(resource) is None
+    pod = builders.deployment(resource)["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    container = engine_container(builders.deployment(resource))
+    assert container["args"][1] == serve
+    assert container["args"][-len(flags):] == flags if flags else "--gguf-file" not in container["args"]
+    assert "--weight-format" not in container["args"]
+    env = env_values(container)
+    if "hubTokenSecretRef" in model:  # the engine downloads the file, so it gets the token
+        assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    else:
+        assert "HF_TOKEN" not in env
+    if "pvc" in model:
+        assert {"name": "source", "mountPath": "/source", "readOnly": True} in container["volumeMounts"]
+
+
 def test_pvc_source_is_mounted_read_only():
     resource = make({"model": {"pvc": {"claimName": "weights", "path": "llama/8b"}}, "modelCache": {}})
     job = builders.conversion_job(resource)
@@ -276,6 +307,7 @@ def test_pdb_and_service_monitor():
 @pytest.mark.parametrize(("spec", "message"), [
     ({"model": {}}, "spec.model: Value error, set exactly one source"),
     ({"model": {"hub": "a/b", "imagePath": "/m"}}, "set exactly one source"),
+    ({"model": {"imagePath": "/m", "ggufFile": "m.gguf"}}, "ggufFile names a file in a hub repo or a pvc directory"),
     ({**HUB, "engine": {"tensorParallelSize": 2}}, "spec.engine.tensorParallelSize"),
     ({**HUB, "replicas": -1}, "spec.replicas"),
     ({**HUB, "cpu": {"minISA": "sse4"}}, "spec.cpu.minISA"),
