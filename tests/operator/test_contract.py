@@ -7,7 +7,7 @@ import pytest
 
 from ovllm_cli.main import parse_args
 from ovllm_engine.config import parse_env
-from ovllm_engine.onboard.options import resolve
+from ovllm_engine.onboard.options import resolve, resolve_for_gguf
 from ovllm_operator import builders
 from ovllm_operator.builders import Resource
 
@@ -58,6 +58,22 @@ def test_engine_sees_the_batching_and_model_settings():
     assert (args.max_num_seqs, args.max_num_batched_tokens, args.max_model_len) == (16, 2048, 8192)
     assert args.enable_prefix_caching is False and args.enable_chunked_prefill is False
     assert converter is None  # IR in the image: nothing converts
+
+
+@pytest.mark.parametrize(("model", "served", "gguf_file"), [
+    ({"pvc": {"claimName": "w", "path": "q/qwen2.5-0.5b-instruct-q4_k_m.gguf"}},
+     "/source/q/qwen2.5-0.5b-instruct-q4_k_m.gguf", None),
+    ({"hub": "Qwen/Qwen2.5-0.5B-Instruct-GGUF", "ggufFile": "qwen2.5-0.5b-instruct-q4_k_m.gguf"},
+     "Qwen/Qwen2.5-0.5B-Instruct-GGUF", "qwen2.5-0.5b-instruct-q4_k_m.gguf"),
+])
+def test_a_gguf_source_is_served_as_it_is_whatever_the_weight_format(model, served, gguf_file):
+    """The default weightFormat int8 sets VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS=ON; for a GGUF the engine
+    must still serve the file as it is (the engine image cannot convert)."""
+    args, settings, converter = engine_view({"model": model})
+    assert converter is None
+    assert (args.model, args.gguf_file, args.weight_format) == (served, gguf_file, None)
+    assert settings.quantized_weights is True
+    assert resolve_for_gguf(args, settings).weight_format is None
 
 
 def test_the_conversion_job_asks_for_the_same_weights():

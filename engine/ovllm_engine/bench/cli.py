@@ -1,4 +1,4 @@
-"""`ovllm bench throughput|serve`."""
+"""`ovllm bench throughput|serve|quality`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ log = logging.getLogger("ovllm.bench")
 
 
 def add_parser(subparsers, help_line: str) -> None:
-    from ovllm_engine.bench import serve, throughput
+    from ovllm_engine.bench import quality, serve, throughput
 
     bench = subparsers.add_parser("bench", help=help_line)
     kinds = bench.add_subparsers(dest="bench", metavar="KIND", required=True)
@@ -21,6 +21,10 @@ def add_parser(subparsers, help_line: str) -> None:
                               description=serve.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_arguments(online)
     online.set_defaults(func=_runner(serve.run))
+    scoring = kinds.add_parser("quality", help="perplexity on a text as llama-perplexity computes it; vs a reference",
+                               description=quality.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    quality.add_arguments(scoring)
+    scoring.set_defaults(func=_runner(quality.run))
 
 
 def _runner(run):

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ovllm_engine.config import QUANTIZED_WEIGHTS, ConfigError, EnvSettings
 
@@ -74,6 +74,12 @@ def conversion_flags_given(args) -> list[str]:
     """The conversion flags set on this command line (an IR model ignores them, with a warning)."""
     names = ("weight_format", "group_size", "ratio", "sym", "trust_remote_code")
     return ["--" + name.replace("_", "-") for name in names if getattr(args, name, None) not in (None, False)]
+
+
+def resolve_for_gguf(args, settings: EnvSettings) -> ConversionOptions:
+    """resolve() for a GGUF source, which is quantized already: only an explicit --weight-format
+    converts it (VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS, set by the operator for int8, does not)."""
+    return resolve(args, replace(settings, quantized_weights=None))
 
 
 def resolve(args, settings: EnvSettings) -> ConversionOptions:

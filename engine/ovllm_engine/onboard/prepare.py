@@ -81,8 +81,7 @@ def prepare(model: str, args, settings: EnvSettings, output: Path | None = None,
             gguf_file.check_servable(local.path)
         except gguf_file.GGUFError as exc:
             raise ModelError(str(exc)) from None
-        # A GGUF is quantized already: only an explicit --weight-format converts it.
-        options = conversion_options.resolve(args, replace(settings, quantized_weights=None))
+        options = conversion_options.resolve_for_gguf(args, settings)
         if serve_gguf and options.weight_format is None:
             return local
     else:

@@ -1,0 +1,145 @@
+"""`ovllm convert FILE.gguf` on the real SmolLM2-135M-Instruct GGUF: as it is (GenAI's own graph and
+tokenizer), and dequantized to fp32 by transformers, which must then serve exactly what transformers
+computes on the same weights; and the tokenizer check that refuses to publish a model whose
+tokenizer does not give back its text (transformers' tokenizer from this GGUF turns spaces into
+<|endoftext|>)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import Server, require_module
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+EXACT = ("--ov-config", '{"INFERENCE_PRECISION_HINT": "f32"}')
+EXACT_ENV = {"VLLM_OPENVINO_KV_CACHE_PRECISION": "f32"}  # CPU pipelines default to a u8 KV cache
+NEW_TOKENS = 24
+BATCHED_TOKENS = 32
+QUESTIONS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "List three primary colors.",
+    "Explain in one sentence what a CPU does, then say why caches help. " * 4,  # past one prefill chunk
+]
+
+
+@pytest.fixture(autouse=True)
+def _needs_converter():
+    require_module("optimum.intel", "convert")
+    require_module("gguf", "convert")
+
+
+def convert(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ovllm_cli", "convert", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=900)
+
+
+def chat_prompts(tokenizer) -> list[list[int]]:
+    """The questions in the model's own chat template, as token ids."""
+    prompts = []
+    for question in QUESTIONS:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
+        prompts.append([int(i) for i in tokenizer.encode(text, add_special_tokens=False).input_ids.data[0]])
+    return prompts
+
+
+def served_ids(server: Server, prompts: list[list[int]]) -> list[list[int]]:
+    client = server.client()
+    model = client.models.list().data[0].id
+    return [client.completions.create(model=model, prompt=prompt, max_tokens=NEW_TOKENS, temperature=0,
+                                      extra_body={"ignore_eos": True, "return_token_ids": True}).choices[0].token_ids
+            for prompt in prompts]
+
+
+@pytest.fixture(scope="module")
+def gguf_tokenizer(smollm2_gguf):
+    import openvino_genai as ov_genai
+
+    return ov_genai.Tokenizer(str(smollm2_gguf))
+
+
+def test_as_it_is_the_ir_is_genais_own_and_serves_like_the_file(smollm2_gguf, gguf_tokenizer, tmp_path):
+    result = convert(str(smollm2_gguf), "--output", str(tmp_path / "ir"))
+    assert result.returncode == 0, result.stderr
+    ir = Path(result.stdout.strip())
+    for name in ("openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml", "config.json"):
+        assert (ir / name).is_file(), name
+    assert json.loads((ir / "config.json").read_text())["max_position_embeddings"] == 8192
+    assert "torch" not in sys.modules  # the conversion ran in a child; nothing here imported torch
+    prompts = chat_prompts(gguf_tokenizer)[:2]
+    servers = [Server(model, "--max-num-batched-tokens", str(BATCHED_TOKENS), *EXACT, env=EXACT_ENV,
+                      log_path=tmp_path / f"server-{index}.log") for index, model in enumerate((ir, smollm2_gguf))]
+    try:
+        from_ir, from_file = (served_ids(server.wait_ready(timeout=300), prompts) for server in servers)
+    finally:
+        for server in servers:
+            server.stop()
+    assert from_ir == from_file
+
+
+@pytest.fixture(scope="module")
+def transformers_reference(smollm2_gguf):
+    """transformers' greedy generation on the GGUF's weights, dequantized by its GGUF loader, at f32."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
+                                                 dtype=torch.float32).eval()
+    config = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0)
+
+    def generate(prompt_ids: list[int]) -> list[int]:
+        ids = torch.tensor([prompt_ids])
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        return out[0, len(prompt_ids):].tolist()
+
+    return generate
+
+
+def test_fp32_from_the_gguf_serves_what_transformers_computes(smollm2_gguf, gguf_tokenizer, transformers_reference,
+                                                             tmp_path):
+    result = convert(str(smollm2_gguf), "--weight-format", "fp32", "--output", str(tmp_path / "fp32"))
+    assert result.returncode == 0, result.stderr
+    ir = Path(result.stdout.strip())
+    prompts = chat_prompts(gguf_tokenizer)
+    assert len(prompts[-1]) > 2 * BATCHED_TOKENS  # the last one is prefilled in several chunks
+    server = Server(ir, "--max-num-batched-tokens", str(BATCHED_TOKENS), *EXACT, env=EXACT_ENV,
+                    log_path=tmp_path / "server.log")
+    try:
+        served = served_ids(server.wait_ready(timeout=300), prompts)
+    finally:
+        server.stop()
+    for prompt, tokens in zip(prompts, served, strict=True):
+        assert tokens == transformers_reference(prompt), gguf_tokenizer.decode(prompt)
+    # The answers are real: the first names Paris.
+    assert "Paris" in gguf_tokenizer.decode(served[0])
+
+
+def test_a_tokenizer_that_does_not_give_back_its_text_is_never_published(smollm2_gguf, tiny_hf, tmp_path):
+    """transformers' tokenizer from this GGUF encodes every space as <|endoftext|>: a model converted with
+    it would answer garbage. Put on the tiny model's weights (cheap to export), it must be refused in
+    one line that names the text and both token lists."""
+    from transformers import AutoTokenizer
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for item in tiny_hf.iterdir():
+        if item.suffix in (".json", ".safetensors") and not item.name.startswith("tokenizer"):
+            (broken / item.name).symlink_to(item)
+    AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name).save_pretrained(broken)
+    output = tmp_path / "out"
+    result = convert(str(broken), "--weight-format", "fp32", "--output", str(output))
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stderr
+    assert "the tokenizer does not give back what it encoded: 'The capital of France is Paris." in errors[0]
+    assert "->" in errors[0] and "[" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not output.exists() or not any(output.iterdir())
