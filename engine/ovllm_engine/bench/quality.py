@@ -186,10 +186,10 @@ def tokenize(tokenizer, text: str) -> tuple[np.ndarray, bool]:
     """The text's ids with the special tokens the tokenizer adds by default (llama.cpp tokenizes with
     add_special=true, which adds BOS where the model's vocabulary says so), and whether that is BOS.
 
-    GenAI's GGUF tokenizers truncate at a length baked into the graph (8192 for SmolLM2) whatever
-    `truncation` says; a longer text is then tokenized in pieces cut after a newline, which is a
-    pre-token boundary for byte-level BPE, and accepted only if the pieces reproduce the truncated
-    whole exactly."""
+    GenAI's GGUF tokenizers truncate at a length baked into the graph (8192 for SmolLM2, keeping the
+    last tokens) whatever `truncation` says; a longer text is then tokenized in pieces cut after a
+    newline, which is a pre-token boundary for byte-level BPE, and accepted only if the pieces
+    reproduce the truncated whole exactly."""
     probe = "The quick brown fox."
     with_special = _ids(tokenizer, probe, True)
     plain = _ids(tokenizer, probe, False)
@@ -207,7 +207,8 @@ def tokenize(tokenizer, text: str) -> tuple[np.ndarray, bool]:
         return whole, add_bos
     pieces = [prefix] + [_ids(tokenizer, piece, False) for piece in _pieces(text, max(len(whole) // 4, 1))]
     joined = np.concatenate(pieces)
-    if len(joined) <= len(whole) or not np.array_equal(joined[:len(whole)], whole):
+    n = len(whole)  # the truncated whole is the text's first n tokens, or its last n (truncation side left)
+    if len(joined) <= n or not (np.array_equal(joined[:n], whole) or np.array_equal(joined[-n:], whole)):
         raise ValueError(f"the tokenizer truncates at {len(whole)} tokens and the text does not tokenize the "
                          f"same in pieces; use a shorter text")
     return joined, add_bos
@@ -287,7 +288,12 @@ def ir_from_gguf(gguf: Path, workdir: Path) -> Path:
     """OpenVINO IR of a GGUF file, built by OpenVINO GenAI itself in `workdir`: its GGUF reader saves
     openvino_model.xml and the tokenizers next to the file it is given (enable_save_ov_model), so the
     file is linked in. GenAI's Python API has no call that reads a GGUF without compiling it, and an
-    LLMPipeline is the cheapest that saves both the model and the tokenizers (~15 s for 135M)."""
+    LLMPipeline is the cheapest that saves both the model and the tokenizers (15-30 s for 135M).
+
+    What is scored is GenAI's model, which is what ovllm serves, and not necessarily the GGUF's
+    exact weights: GenAI 2026.4 stores a Q4_1 block's minimum as an integer u4 zero point, rounding
+    it, so a Q4_1 file scores worse here than when dequantized exactly (SmolLM2-135M Q4_1 on
+    benchmarks/texts/quality.txt: PPL 32.7 here, 27.1 with transformers' exact dequantization)."""
     import openvino_genai as ov_genai
 
     link = workdir / gguf.name
