@@ -109,11 +109,13 @@ class LoggedProcess:
 class Server(LoggedProcess):
     """A real `ovllm serve` process on 127.0.0.1 (or `host`)."""
 
-    def __init__(self, model: Path | str, *args: str, env: dict | None = None, log_path: Path,
+    def __init__(self, model: Path | str | None, *args: str, env: dict | None = None, log_path: Path,
                  python: str = sys.executable, host: str = "127.0.0.1", port: int | None = None):
+        """model None: no MODEL argument (the demo model)."""
         self.port = port or free_port()
         self.base_url = f"http://{host}:{self.port}"
-        super().__init__("ovllm serve", [python, "-m", "ovllm_cli", "serve", str(model), "--host", host,
+        positional = [] if model is None else [str(model)]
+        super().__init__("ovllm serve", [python, "-m", "ovllm_cli", "serve", *positional, "--host", host,
                           "--port", str(self.port), *args], log_path, env)
 
     def wait_ready(self, timeout: float = 180.0) -> Server:
@@ -144,7 +146,7 @@ def start_server(tmp_path):
     """Start servers on demand: start_server(model, *flags, env=...) returns a ready Server."""
     servers: list[Server] = []
 
-    def start(model: Path | str, *args: str, env: dict | None = None, ready: bool = True,
+    def start(model: Path | str | None, *args: str, env: dict | None = None, ready: bool = True,
               python: str = sys.executable, host: str = "127.0.0.1", port: int | None = None) -> Server:
         server = Server(model, *args, env=env, log_path=tmp_path / f"server-{len(servers)}.log", python=python,
                         host=host, port=port)

@@ -41,6 +41,13 @@ class GGUFError(ValueError):
 
 
 @dataclass(frozen=True)
+class TensorInfo:
+    type_name: str  # F32, Q4_1, ...
+    shape: tuple[int, ...]  # GGUF order: the innermost (contiguous) dimension first
+    offset: int  # of its data, from the start of the file
+
+
+@dataclass(frozen=True)
 class GGUFInfo:
     architecture: str
     name: str | None  # general.name
@@ -53,6 +60,7 @@ class GGUFInfo:
     embedding_length: int | None
     tensor_types: dict[str, int]  # type name -> tensors of that type
     has_tokenizer: bool  # tokenizer.ggml.tokens is there
+    tensors: dict[str, TensorInfo]  # by name, e.g. blk.0.attn_q.weight
 
     def as_config(self) -> dict:
         """The facts in the names of a transformers config.json, as config.py reads them."""
@@ -128,13 +136,16 @@ def _parse(path: Path, data) -> GGUFInfo:
             key = reader.string()
             metadata[key] = reader.value(reader.take("<I"))
         tensor_types: dict[str, int] = {}
+        placed = []
         for _ in range(tensor_count):
-            reader.string()
-            dims = reader.take("<I")
-            reader.at += 8 * dims
+            name = reader.string()
+            shape = tuple(reader.take("<Q") for _ in range(reader.take("<I")))
             kind = TENSOR_TYPES.get(reader.take("<I"), "unknown")
-            reader.take("<Q")
+            placed.append((name, kind, shape, reader.take("<Q")))
             tensor_types[kind] = tensor_types.get(kind, 0) + 1
+        alignment = metadata.get("general.alignment", 32)
+        data_start = -(-reader.at // alignment) * alignment  # tensor data begins at the next aligned offset
+        tensors = {name: TensorInfo(kind, shape, data_start + offset) for name, kind, shape, offset in placed}
     except struct.error:
         raise GGUFError(f"{path} is truncated or damaged: its header ends early") from None
     arch = metadata.get("general.architecture")
@@ -158,6 +169,7 @@ def _parse(path: Path, data) -> GGUFInfo:
         embedding_length=number("embedding_length"),
         tensor_types=tensor_types,
         has_tokenizer=isinstance(tokens, int) and tokens > 0,
+        tensors=tensors,
     )
 
 

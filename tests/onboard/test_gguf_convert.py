@@ -92,6 +92,7 @@ def transformers_reference(smollm2_gguf):
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
                                                  dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None  # as the server's ignore_eos: never stop, never mask
     config = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0)
 
     def generate(prompt_ids: list[int]) -> list[int]:
@@ -108,6 +109,8 @@ def test_fp32_from_the_gguf_serves_what_transformers_computes(smollm2_gguf, gguf
     result = convert(str(smollm2_gguf), "--weight-format", "fp32", "--output", str(tmp_path / "fp32"))
     assert result.returncode == 0, result.stderr
     ir = Path(result.stdout.strip())
+    # Only GenAI's tokenizer of the file goes with the model, not transformers' wrong one.
+    assert not (ir / "tokenizer.json").exists() and not (ir / "tokenizer_config.json").exists()
     prompts = chat_prompts(gguf_tokenizer)
     assert len(prompts[-1]) > 2 * BATCHED_TOKENS  # the last one is prefilled in several chunks
     server = Server(ir, "--max-num-batched-tokens", str(BATCHED_TOKENS), *EXACT, env=EXACT_ENV,
@@ -122,11 +125,16 @@ def test_fp32_from_the_gguf_serves_what_transformers_computes(smollm2_gguf, gguf
     assert "Paris" in gguf_tokenizer.decode(served[0])
 
 
-def test_a_tokenizer_that_does_not_give_back_its_text_is_never_published(smollm2_gguf, tiny_hf, tmp_path):
-    """transformers' tokenizer from this GGUF encodes every space as <|endoftext|>: a model converted with
-    it would answer garbage. Put on the tiny model's weights (cheap to export), it must be refused in
-    one line that names the text and both token lists."""
+def test_a_wrong_tokenizer_is_never_published(smollm2_gguf, tiny_hf, tmp_path):
+    """transformers' tokenizer from this GGUF is wrong (spaces become <|endoftext|>); a model converted
+    with it would answer garbage. Saved beside the tiny model's weights (cheap to export) and
+    converted, nothing is published and one line says why; and the tokenizer check itself, given that
+    tokenizer as the source and GenAI's tokenizer of the file as the converted one, refuses in one line
+    that names the text and both token lists."""
     from transformers import AutoTokenizer
+
+    from ovllm_engine.onboard import from_gguf, tokenizer_check
+    from ovllm_engine.onboard.source import ModelError
 
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -138,8 +146,17 @@ def test_a_tokenizer_that_does_not_give_back_its_text_is_never_published(smollm2
     result = convert(str(broken), "--weight-format", "fp32", "--output", str(output))
     assert result.returncode == 1, result.stderr
     errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
-    assert len(errors) == 1, result.stderr
-    assert "the tokenizer does not give back what it encoded: 'The capital of France is Paris." in errors[0]
-    assert "->" in errors[0] and "[" in errors[0]
-    assert "Traceback" not in result.stderr
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "tokenizer" in errors[0], errors[0]
     assert not output.exists() or not any(output.iterdir())
+
+    genai = tmp_path / "genai-tokenizer"
+    genai.mkdir()
+    from_gguf.write_tokenizer(smollm2_gguf, genai)
+    tokenizer_check.check(tokenizer_check.gguf_encoder(smollm2_gguf), genai, "GenAI")  # the right one passes
+    with pytest.raises(ModelError) as refused:
+        tokenizer_check.check(tokenizer_check.transformers_encoder(broken, False), genai, "the transformers tokenizer")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("the converted tokenizer encodes 'The capital of France is Paris.")
+    assert "but the transformers tokenizer encodes it as [" in message

@@ -30,6 +30,8 @@ log = logging.getLogger("ovllm.onboard")
 
 TASK = "text-generation-with-past"
 TOKENIZER_FILES = ("openvino_tokenizer.xml", "openvino_detokenizer.xml")
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                      "tokenizer.model", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 COMPRESSION_MODES = {
     ("int8", False): nncf.CompressWeightsMode.INT8_ASYM,
     ("int8", True): nncf.CompressWeightsMode.INT8_SYM,
@@ -116,6 +118,10 @@ def export_ir(hf_dir: Path, out: Path, options: ConversionOptions, title: str, g
                 _compress_weights(out, options)
         with progress.step(steps[-1]):
             if gguf is not None:
+                # optimum copies transformers' tokenizer files, which for a GGUF may be wrong (see
+                # tokenizer_check.py): only GenAI's tokenizer of the file goes with the model.
+                for name in HF_TOKENIZER_FILES:
+                    (out / name).unlink(missing_ok=True)
                 from_gguf.write_tokenizer(gguf, out)
                 source_encode, source_name = tokenizer_check.gguf_encoder(gguf), f"GenAI's reader of {gguf.name}"
             else:
