@@ -9,11 +9,14 @@ link to the file inside a scratch directory: the GGUF's own directory may be rea
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 
 from ovllm_engine import gguf_file
+
+log = logging.getLogger("ovllm.onboard")
 
 TOKENIZER_FILES = ("openvino_tokenizer.xml", "openvino_tokenizer.bin",
                    "openvino_detokenizer.xml", "openvino_detokenizer.bin")
@@ -50,7 +53,11 @@ def write_model(gguf: Path, out: Path) -> None:
 def write_ir(gguf: Path, out: Path) -> int:
     """GenAI's graph with exact zero points, and its tokenizer; the number of weights corrected."""
     write_model(gguf, out)
-    corrected = exact_zero_points(out, gguf)
+    try:
+        corrected = exact_zero_points(out, gguf)
+    except PatchError as exc:  # a GenAI whose graph differs: its own approximation, said once
+        log.warning("GenAI's graph of %s is served with its rounded zero points: %s", gguf.name, exc)
+        corrected = 0
     write_tokenizer(gguf, out)
     return corrected
 

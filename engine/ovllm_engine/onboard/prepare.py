@@ -78,19 +78,25 @@ def prepare(model: str, args, settings: EnvSettings, output: Path | None = None,
 
     if local.is_gguf:
         try:
-            gguf_file.check_servable(local.path)
+            info = gguf_file.check_servable(local.path)
         except gguf_file.GGUFError as exc:
             raise ModelError(str(exc)) from None
         options = conversion_options.resolve_for_gguf(args, settings)
-        if serve_gguf and options.weight_format is None:
+        if serve_gguf and options.weight_format is None and "Q4_1" not in info.tensor_types:
+            if "Q4_K" in info.tensor_types:
+                log.warning("%s holds Q4_K weights: OpenVINO GenAI 2026.4 rounds their block minimums to integer "
+                            "zero points, so it computes slightly different weights than the file's", local.path)
             return local
+        # Q4_1 weights: GenAI's graph of the file is corrected once (exact zero points, see from_gguf.py)
+        # and cached like a conversion; the engine extra suffices.
     else:
         options = conversion_options.resolve(args, settings)
         if options.weight_format is None:
             options = replace(options, weight_format=source_precision(local.path))
         check_source(local.path, options)
     key = conversion_key(local, options)
-    target = output or cache_root(args.download_dir) / f"{_slug(local)}--{options.label()}--{key[:12]}"
+    label = "gguf-exact" if local.is_gguf and options.weight_format is None else options.label()
+    target = output or cache_root(args.download_dir) / f"{_slug(local)}--{label}--{key[:12]}"
     converted = replace(local, path=target, is_ir=True)
     if _reuse(target, key):
         return converted
