@@ -157,8 +157,12 @@ def test_a_wrong_tokenizer_is_never_published(smollm2_gguf, tiny_hf, tmp_path):
     genai.mkdir()
     from_gguf.write_tokenizer(smollm2_gguf, genai)
     tokenizer_check.check(tokenizer_check.gguf_encoder(smollm2_gguf), genai, "GenAI")  # the right one passes
+    # Saved and read back, transformers' tokenizer of the GGUF encodes "The capital" as [0, 504, 0, 29721]:
+    # <|endoftext|> where the spaces were.
+    saved = tmp_path / "saved-tokenizer"
+    AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name).save_pretrained(saved)
     with pytest.raises(ModelError) as refused:
-        tokenizer_check.check(tokenizer_check.transformers_encoder(broken, False), genai, "the transformers tokenizer")
+        tokenizer_check.check(tokenizer_check.transformers_encoder(saved, False), genai, "the transformers tokenizer")
     message = str(refused.value)
     assert "\n" not in message
     assert message.startswith("the converted tokenizer encodes 'The capital of France is Paris.")
