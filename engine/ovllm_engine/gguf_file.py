@@ -58,6 +58,7 @@ class GGUFInfo:
     head_count_kv: int | None
     key_length: int | None  # head dimension of K, when it is not embedding_length / head_count
     embedding_length: int | None
+    feed_forward_length: int | None
     tensor_types: dict[str, int]  # type name -> tensors of that type
     has_tokenizer: bool  # tokenizer.ggml.tokens is there
     tensors: dict[str, TensorInfo]  # by name, e.g. blk.0.attn_q.weight
@@ -67,7 +68,8 @@ class GGUFInfo:
         config = {"model_type": self.architecture, "max_position_embeddings": self.context_length,
                   "vocab_size": self.vocab_size, "num_hidden_layers": self.block_count,
                   "num_attention_heads": self.head_count, "num_key_value_heads": self.head_count_kv,
-                  "hidden_size": self.embedding_length, "head_dim": self.key_length}
+                  "hidden_size": self.embedding_length, "head_dim": self.key_length,
+                  "intermediate_size": self.feed_forward_length}
         return {key: value for key, value in config.items() if value is not None}
 
 
@@ -167,6 +169,7 @@ def _parse(path: Path, data) -> GGUFInfo:
         head_count_kv=number("attention.head_count_kv"),
         key_length=number("attention.key_length"),
         embedding_length=number("embedding_length"),
+        feed_forward_length=number("feed_forward_length"),
         tensor_types=tensor_types,
         has_tokenizer=isinstance(tokens, int) and tokens > 0,
         tensors=tensors,

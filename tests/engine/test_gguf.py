@@ -92,6 +92,13 @@ def test_files_that_are_not_gguf_are_refused_in_one_line(tmp_path):
     assert "is truncated or damaged" in line
 
 
+def test_int4_group_sizes_are_checked_against_the_files_widths_before_converting(smollm2_gguf, tmp_path):
+    line = one_error(ovllm("convert", str(smollm2_gguf), "--weight-format", "int4", "--output", str(tmp_path / "o"),
+                           env={"HF_HOME": str(tmp_path / "hf")}, timeout=120))
+    assert "this model has hidden_size 576: use --group-size 64" in line
+    assert not (tmp_path / "o").exists()
+
+
 def test_directories_of_gguf_files(smollm2_gguf, tmp_path):
     from ovllm_engine.onboard.source import ModelError, local_directory
 

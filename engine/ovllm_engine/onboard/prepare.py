@@ -82,6 +82,8 @@ def prepare(model: str, args, settings: EnvSettings, output: Path | None = None,
         except gguf_file.GGUFError as exc:
             raise ModelError(str(exc)) from None
         options = conversion_options.resolve_for_gguf(args, settings)
+        if options.weight_format == "int4" and options.group_size != -1:
+            _check_int4_groups(info.as_config(), options.group_size)
         if serve_gguf and options.weight_format is None and "Q4_1" not in info.tensor_types:
             if "Q4_K" in info.tensor_types:
                 log.warning("%s holds Q4_K weights: OpenVINO GenAI 2026.4 rounds their block minimums to integer "
