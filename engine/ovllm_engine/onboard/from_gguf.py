@@ -40,13 +40,14 @@ def write_tokenizer(gguf: Path, out: Path) -> None:
 
 
 def write_model(gguf: Path, out: Path) -> None:
-    """GenAI's model graph of the GGUF (weights as quantized in the file) into `out`, with a config.json
-    of its shape facts (context length, vocabulary, heads) for the server's checks."""
+    """GenAI's model graph of the GGUF (weights as quantized in the file) and its tokenizer into `out`,
+    with a config.json of its shape facts (context length, vocabulary, heads) for the server's checks."""
     import openvino_genai as ov_genai
 
     info = gguf_file.check_servable(gguf)
-    # LLMPipeline builds and saves the graph (and compiles it once: seconds for a small model).
-    _saved_by_genai(gguf, lambda link: ov_genai.LLMPipeline(link, "CPU", enable_save_ov_model=True), MODEL_FILES, out)
+    # LLMPipeline builds and saves the graph and the tokenizer (and compiles the graph once: seconds).
+    _saved_by_genai(gguf, lambda link: ov_genai.LLMPipeline(link, "CPU", enable_save_ov_model=True),
+                    MODEL_FILES + TOKENIZER_FILES, out)
     (out / "config.json").write_text(json.dumps(info.as_config(), indent=2) + "\n")
 
 
@@ -58,7 +59,6 @@ def write_ir(gguf: Path, out: Path) -> int:
     except PatchError as exc:  # a GenAI whose graph differs: its own approximation, said once
         log.warning("GenAI's graph of %s is served with its rounded zero points: %s", gguf.name, exc)
         corrected = 0
-    write_tokenizer(gguf, out)
     return corrected
 
 
