@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             if not equal:  # the token where the served output leaves transformers', and how close a call it was
                 # The served ids (completions return them), else the served text encoded again.
                 served_ids = result[side].get("token_ids") or ids_of(served, False)
-                at = next((n for n, (mine, theirs) in enumerate(zip(ids, served_ids)) if mine != theirs),
+                at = next((n for n, (mine, theirs) in enumerate(zip(ids, served_ids, strict=False)) if mine != theirs),
                           min(len(ids), len(served_ids)) - 1)
                 row[side].update(departs_at_token=at, transformers_top2_gap=round(gaps[min(at, len(gaps) - 1)], 4))
         rows.append(row)
