@@ -93,12 +93,12 @@ def test_model_argument_kinds(tmp_path):
 def test_model_arguments_that_name_nothing_usable(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ModelError, match="holds neither OpenVINO IR .* nor a Hugging Face model .config.json"):
+    with pytest.raises(ModelError, match="holds neither OpenVINO IR .*, a Hugging Face model .* nor a GGUF file"):
         local_directory(str(empty))
     (tmp_path / "file.bin").write_bytes(b"x")
     with pytest.raises(ModelError, match="is a file"):
         local_directory(str(tmp_path / "file.bin"))
-    with pytest.raises(ModelError, match="no such directory"):
+    with pytest.raises(ModelError, match="no such file or directory"):
         local_directory(str(tmp_path / "missing"))
     with pytest.raises(ModelError, match="neither a directory nor a valid hub id"):
         check_hub_id("not a--valid id!")
