@@ -1,4 +1,5 @@
-"""`ovllm convert MODEL [--output DIR]`: a Hugging Face model (directory or hub id) to OpenVINO IR.
+"""`ovllm convert MODEL [--output DIR]`: a Hugging Face model (directory or hub id) or a GGUF file to
+OpenVINO IR.
 
 Without --output the result goes to the conversion cache that `ovllm serve` reads, so serving the
 same MODEL afterwards converts nothing. With --output (the operator's conversion Job writes
@@ -27,7 +28,8 @@ def add_parser(subparsers, help_line: str) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", help="Hugging Face model directory or hub id (an IR directory is used as it is)")
+    parser.add_argument("model", help="Hugging Face model directory or hub id, or a GGUF file (an IR directory is "
+                        "used as it is)")
     parser.add_argument("--output", type=Path, help="write the IR into this directory (default: the cache)")
     conversion_options.add_arguments(parser)
     parser.set_defaults(func=_main)

@@ -59,7 +59,8 @@ def prepare(model: str, args, settings: EnvSettings, output: Path | None = None,
     """Return the OpenVINO IR directory to serve for MODEL, downloading and converting as needed.
 
     isolate: convert in a child process, so that a server does not keep torch's memory afterwards.
-    serve_gguf: a GGUF file is returned as it is (GenAI serves it) unless a weight format is asked for.
+    serve_gguf: a GGUF file is returned as it is (GenAI serves it) unless a weight format is asked for or
+    it holds Q4_1 weights (then GenAI's graph of it with exact zero points, built once; see from_gguf.py).
     """
     gguf_name = getattr(args, "gguf_file", None)
     local = local_directory(model, gguf_name)
