@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -382,6 +383,14 @@ def main() -> int:
     return 0
 
 
+def require_free_port(port: int) -> None:
+    """A server left listening on the port would answer /health for the one being started, and be measured
+    in its place (it happened once: the results were another configuration's)."""
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise RuntimeError(f"port {port} is in use by another process: stop it before benchmarking")
+
+
 class ovllm_server:  # noqa: N801 (a context manager used like a function)
     def __init__(self, ir: Path, args):
         self.port = 8931
@@ -391,6 +400,7 @@ class ovllm_server:  # noqa: N801 (a context manager used like a function)
         self.log = args.work / "logs" / f"ovllm-serve-{self.port}.log"
 
     def __enter__(self) -> str:
+        require_free_port(self.port)
         print("+", " ".join(self.command), f"> {self.log}", file=sys.stderr, flush=True)
         with open(self.log, "wb") as sink:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(self.command, env={**os.environ, **KV_ENV}, stdout=sink,
@@ -415,6 +425,7 @@ class llamacpp_server:  # noqa: N801
         self.base_url = f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> str:
+        require_free_port(self.port)
         per_slot = self.args.input_len + self.args.output_len + 16
         log = self.args.work / "logs" / f"llama-server-{self.port}.log"
         self.process = self.module.start_server(self.binary, self.gguf, self.port, threads=self.args.threads,
