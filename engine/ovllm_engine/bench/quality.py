@@ -5,7 +5,8 @@ next-token distributions are from another model's (teacher-forced top-1 agreemen
     ovllm bench quality MODEL --text FILE [--reference MODEL2] [--ctx 512] [--max-chunks N] [--json OUT]
 
 MODEL is an OpenVINO IR directory (openvino_model.xml and openvino_tokenizer.xml) or a GGUF file,
-which OpenVINO GenAI turns into IR in a temporary directory first; both then run the same way, on
+turned first into the IR that `ovllm serve` runs for it (onboard/from_gguf.py: GenAI's graph with
+the file's exact zero points), in a temporary directory; both then run the same way, on
 plain OpenVINO at f32 precision, so that the numbers measure the weights and not the serving engine.
 
 llama.cpp's method (tools/perplexity/perplexity.cpp, `perplexity()`): tokenize the whole text once
@@ -254,7 +255,13 @@ class Model:
 
         path = Path(source)
         if path.is_file() and path.suffix == ".gguf":
-            path = ir_from_gguf(path, Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ovllm-gguf-"))))
+            # The IR ovllm serves for this file (GenAI's graph, exact zero points: onboard/from_gguf.py).
+            from ovllm_engine.onboard import from_gguf
+
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ovllm-gguf-")))
+            log.info("building the OpenVINO IR that ovllm serves for %s", path)
+            from_gguf.write_ir(path, workdir)
+            path = workdir
         elif not path.is_dir():
             raise ValueError(f"{source} is neither an OpenVINO IR directory nor a .gguf file")
         for name in ("openvino_model.xml", "openvino_tokenizer.xml"):
@@ -282,25 +289,3 @@ class Model:
         if logits.shape[-2] != n:
             raise RuntimeError(f"the model gave logits for {logits.shape[-2]} positions of {n}; perplexity needs all")
         return logits[0]
-
-
-def ir_from_gguf(gguf: Path, workdir: Path) -> Path:
-    """OpenVINO IR of a GGUF file, built by OpenVINO GenAI itself in `workdir`: its GGUF reader saves
-    openvino_model.xml and the tokenizers next to the file it is given (enable_save_ov_model), so the
-    file is linked in. GenAI's Python API has no call that reads a GGUF without compiling it, and an
-    LLMPipeline is the cheapest that saves both the model and the tokenizers (15-30 s for 135M).
-
-    What is scored is GenAI's model, which is what ovllm serves, and not necessarily the GGUF's
-    exact weights: GenAI 2026.4 stores a Q4_1 block's minimum as an integer u4 zero point, rounding
-    it, so a Q4_1 file scores worse here than when dequantized exactly (SmolLM2-135M Q4_1 on
-    benchmarks/texts/quality.txt: PPL 32.7 here, 27.1 with transformers' exact dequantization)."""
-    import openvino_genai as ov_genai
-
-    link = workdir / gguf.name
-    link.symlink_to(gguf.resolve())
-    log.info("building OpenVINO IR from %s with OpenVINO GenAI", gguf)
-    pipeline = ov_genai.LLMPipeline(str(link), "CPU", enable_save_ov_model=True)
-    del pipeline
-    if not (workdir / "openvino_tokenizer.xml").is_file():
-        ov_genai.Tokenizer(str(link), {"enable_save_ov_model": True})
-    return workdir
