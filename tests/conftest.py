@@ -67,6 +67,24 @@ def tiny_hf() -> Path:
     return testmodels.hf_model("tiny")
 
 
+def transformers_greedy(model, new_tokens: int):
+    """transformers' greedy generation of `new_tokens` ids after a prompt, never stopping at EOS (as the
+    server's ignore_eos): the reference the served model is compared with."""
+    import torch
+    from transformers import GenerationConfig
+
+    model.generation_config.eos_token_id = None  # the model's own default would stop at EOS
+    config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+
+    def generate(prompt_ids: list[int]) -> list[int]:
+        ids = torch.tensor([prompt_ids])
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        return out[0, len(prompt_ids):].tolist()
+
+    return generate
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,6 +13,8 @@ import random
 
 import pytest
 
+from conftest import transformers_greedy
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 NEW_TOKENS = 24
@@ -23,18 +25,9 @@ BATCHED_TOKENS = 32  # the tiny_server fixture's --max-num-batched-tokens
 def reference(tiny_hf):
     """transformers' greedy generation on the tiny model's weights."""
     import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.float32).eval()
-    config = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0)
-
-    def generate(prompt_ids: list[int]) -> list[int]:
-        ids = torch.tensor([prompt_ids])
-        with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
-        return out[0, len(prompt_ids):].tolist()
-
-    return generate
+    return transformers_greedy(AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.float32).eval(), NEW_TOKENS)
 
 
 def random_prompts(count: int, seed: int, shared_prefix: int = 0) -> list[list[int]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server, require_module
+from conftest import Server, require_module, transformers_greedy
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -58,6 +58,20 @@ def served_ids(server: Server, prompts: list[list[int]]) -> list[list[int]]:
             for prompt in prompts]
 
 
+def assert_serves_what_transformers_computes(ir: Path, prompts, reference, tokenizer, tmp_path) -> list[list[int]]:
+    """Serve `ir` at f32 (inference and KV cache) in small prefill chunks; every prompt's greedy ids must
+    equal transformers'. Returns the served ids."""
+    server = Server(ir, "--max-num-batched-tokens", str(BATCHED_TOKENS), *EXACT, env=EXACT_ENV,
+                    log_path=tmp_path / "server.log")
+    try:
+        served = served_ids(server.wait_ready(timeout=300), prompts)
+    finally:
+        server.stop()
+    for prompt, tokens in zip(prompts, served, strict=True):
+        assert tokens == reference(prompt), tokenizer.decode(prompt)
+    return served
+
+
 @pytest.fixture(scope="module")
 def gguf_tokenizer(smollm2_gguf):
     import openvino_genai as ov_genai
@@ -69,20 +83,11 @@ def gguf_tokenizer(smollm2_gguf):
 def transformers_reference(smollm2_gguf):
     """transformers' greedy generation on the GGUF's weights, dequantized by its GGUF loader, at f32."""
     import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
                                                  dtype=torch.float32).eval()
-    model.generation_config.eos_token_id = None  # as the server's ignore_eos: never stop, never mask
-    config = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0)
-
-    def generate(prompt_ids: list[int]) -> list[int]:
-        ids = torch.tensor([prompt_ids])
-        with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
-        return out[0, len(prompt_ids):].tolist()
-
-    return generate
+    return transformers_greedy(model, NEW_TOKENS)
 
 
 def test_as_it_is_genais_graph_with_exact_zero_points_computes_the_files_weights(
@@ -97,14 +102,7 @@ def test_as_it_is_genais_graph_with_exact_zero_points_computes_the_files_weights
         assert (ir / name).is_file(), name
     assert json.loads((ir / "config.json").read_text())["max_position_embeddings"] == 8192
     prompts = chat_prompts(gguf_tokenizer)
-    server = Server(ir, "--max-num-batched-tokens", str(BATCHED_TOKENS), *EXACT, env=EXACT_ENV,
-                    log_path=tmp_path / "server.log")
-    try:
-        served = served_ids(server.wait_ready(timeout=300), prompts)
-    finally:
-        server.stop()
-    for prompt, tokens in zip(prompts, served, strict=True):
-        assert tokens == transformers_reference(prompt), gguf_tokenizer.decode(prompt)
+    assert_serves_what_transformers_computes(ir, prompts, transformers_reference, gguf_tokenizer, tmp_path)
 
 
 def test_fp32_from_the_gguf_serves_what_transformers_computes(smollm2_gguf, gguf_tokenizer, transformers_reference,
@@ -116,14 +114,7 @@ def test_fp32_from_the_gguf_serves_what_transformers_computes(smollm2_gguf, gguf
     assert not (ir / "tokenizer.json").exists() and not (ir / "tokenizer_config.json").exists()
     prompts = chat_prompts(gguf_tokenizer)
     assert len(prompts[-1]) > 2 * BATCHED_TOKENS  # the last one is prefilled in several chunks
-    server = Server(ir, "--max-num-batched-tokens", str(BATCHED_TOKENS), *EXACT, env=EXACT_ENV,
-                    log_path=tmp_path / "server.log")
-    try:
-        served = served_ids(server.wait_ready(timeout=300), prompts)
-    finally:
-        server.stop()
-    for prompt, tokens in zip(prompts, served, strict=True):
-        assert tokens == transformers_reference(prompt), gguf_tokenizer.decode(prompt)
+    served = assert_serves_what_transformers_computes(ir, prompts, transformers_reference, gguf_tokenizer, tmp_path)
     # The answers are real: the first names Paris.
     assert "Paris" in gguf_tokenizer.decode(served[0])
 

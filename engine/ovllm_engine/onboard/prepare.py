@@ -98,13 +98,12 @@ def prepare(model: str, args, settings: EnvSettings, output: Path | None = None,
             options = replace(options, weight_format=source_precision(local.path))
         check_source(local.path, options)
     key = conversion_key(local, options)
-    label = "gguf-exact" if local.is_gguf and options.weight_format is None else options.label()
-    target = output or cache_root(args.download_dir) / f"{_slug(local)}--{label}--{key[:12]}"
+    target = output or cache_root(args.download_dir) / f"{_slug(local)}--{_label(local, options)}--{key[:12]}"
     converted = replace(local, path=target, is_ir=True)
     if _reuse(target, key):
         return converted
     _check_free(target)
-    if not (local.is_gguf and options.weight_format is None):  # GenAI alone writes a GGUF's IR as it is
+    if not _genai_only(local, options):
         _require_converter()
     check_disk_space(local.path, target.parent, options)
     metadata = {"key": key, "source": local.repo_id or str(local.path), "commit": local.commit,
@@ -114,6 +113,15 @@ def prepare(model: str, args, settings: EnvSettings, output: Path | None = None,
     else:
         convert_into(target, local, options, metadata)
     return converted
+
+
+def _genai_only(local: LocalModel, options: ConversionOptions) -> bool:
+    """A GGUF written as it is: GenAI's own graph and tokenizer (from_gguf.py), no torch."""
+    return local.is_gguf and options.weight_format is None
+
+
+def _label(local: LocalModel, options: ConversionOptions) -> str:
+    return "gguf-exact" if _genai_only(local, options) else options.label()
 
 
 def _reuse(target: Path, key: str) -> bool:
@@ -281,17 +289,15 @@ def _require_converter() -> None:
 
 def convert_into(target: Path, local: LocalModel, options: ConversionOptions, metadata: dict) -> None:
     """Convert `local` into `target` unless another process did it first; log the time and size."""
-    title = f"converting {local.name} to {options.label()}"
+    title = f"converting {local.name} to {_label(local, options)}"
     log.info("%s into %s", title, target)
     started = time.monotonic()
-    if local.is_gguf and options.weight_format is None:
-        export = None  # GenAI alone
-    else:
+    if not _genai_only(local, options):
         from ovllm_engine.onboard import export  # torch, optimum-intel, NNCF: seconds to import
 
     def build(tmp: Path) -> None:
         try:
-            if local.is_gguf and options.weight_format is None:
+            if _genai_only(local, options):
                 from_gguf.write_ir(local.path, tmp)
                 tokenizer_check.check(tokenizer_check.gguf_encoder(local.path), tmp, f"GenAI's reader of {local.name}")
             elif local.is_gguf:
@@ -309,7 +315,7 @@ def convert_into(target: Path, local: LocalModel, options: ConversionOptions, me
     waiting = (f"another process is converting {local.name} into {target}: waiting for it to finish "
                f"(lock {lock_path(target)})")
     if publish_once(target, build, is_converted, waiting):
-        log.info("converted %s to %s OpenVINO IR in %s, %s on disk: %s", local.name, options.label(),
+        log.info("converted %s to %s OpenVINO IR in %s, %s on disk: %s", local.name, _label(local, options),
                  format_duration(time.monotonic() - started), format_bytes(directory_size(target)), target)
     else:
         _reuse(target, metadata["key"])
