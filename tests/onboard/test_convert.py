@@ -192,6 +192,13 @@ def test_conversion_errors_are_one_clear_line_and_leave_no_cache_entry(tiny_hf, 
     (alien / "model.safetensors").write_bytes(b"")
     assert_one_clear_error(ovllm("convert", str(alien), env=environment),
                            r"optimum-intel cannot export the architecture 'fancy-new-arch' for text generation")
+    # optimum-intel's own per-architecture transformers limits, said before anything is loaded
+    (alien / "config.json").write_text(json.dumps({"model_type": "gemma4_text", "hidden_size": 64}))
+    assert_one_clear_error(ovllm("convert", str(alien), env=environment),
+                           r"optimum-intel \S+ exports the architecture 'gemma4_text' only with transformers >= 5\.5 "
+                           r"and <= 5\.0, and ovllm's converter has transformers 5\.0\.0")
+    (alien / "config.json").write_text(json.dumps({"model_type": "mamba", "hidden_size": 64}))
+    assert_one_clear_error(ovllm("convert", str(alien), env=environment), r"ovllm refuses the architecture 'mamba'")
 
     assert_one_clear_error(ovllm("convert", str(tiny_hf), "--weight-format", "int4", env=environment),
                            r"int4 with --group-size 128 .* hidden_size 64: use --group-size 64")

@@ -122,6 +122,37 @@ def test_remote_code_needs_consent(tmp_path):
     check_source(directory, options.ConversionOptions("fp32", trust_remote_code=True))
 
 
+@pytest.mark.parametrize("model_type, reason", [
+    ("phimoe", "greedy tokens that differ from transformers'"),
+    ("mpt", "greedy tokens that differ from transformers'"),
+    ("mamba", "a state-space model"),
+    ("falcon_mamba", "a state-space model"),
+])
+def test_architectures_that_cannot_work_are_refused_in_one_line(tmp_path, model_type, reason):
+    directory = hf_dir(tmp_path, model_type=model_type)
+    (directory / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelError) as refused:
+        check_source(directory, options.ConversionOptions("fp32"))
+    line = str(refused.value)
+    assert "\n" not in line and f"ovllm refuses the architecture {model_type!r}: " in line and reason in line
+
+
+def test_tested_architectures_have_a_test_model_and_a_readme_row():
+    from conftest import ROOT
+    from ovllm_engine.onboard.architectures import TESTED, UNSERVABLE
+
+    require_module("transformers", "convert")
+    from ovllm_engine.testmodels import RECIPES
+
+    assert sorted(name.removeprefix("tiny-") for name in RECIPES if name.startswith("tiny-")) == sorted(TESTED)
+    assert not set(TESTED) & set(UNSERVABLE)
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Architectures"):readme.index("## Run on a cluster")]
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    listed = sorted(name.strip(" `") for row in rows[1:] for name in row.split(","))  # [0]: the header
+    assert listed == sorted(TESTED)
+
+
 def test_int4_group_must_divide_the_model_widths(tmp_path):
     directory = hf_dir(tmp_path, hidden_size=64, intermediate_size=128)
     (directory / "model.safetensors").write_bytes(b"")

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 
 import nncf
@@ -19,9 +20,10 @@ import openvino as ov
 from optimum.exporters.openvino import main_export
 from optimum.exporters.tasks import TasksManager
 from optimum.intel import OVConfig
+from optimum.intel.utils.import_utils import is_transformers_version
 from transformers.utils import logging as transformers_logging
 
-from ovllm_engine.onboard import from_gguf, tokenizer_check
+from ovllm_engine.onboard import architectures, from_gguf, tokenizer_check
 from ovllm_engine.onboard.options import ConversionOptions
 from ovllm_engine.onboard.progress import Steps, on_terminal
 from ovllm_engine.onboard.source import IR_MODEL_FILE, ModelError
@@ -50,20 +52,33 @@ EXPECTED_WEIGHT_TYPES = {
 
 
 def check_exportable(hf_dir: Path) -> None:
-    """Refuse, before loading anything, an architecture optimum-intel cannot export for generation."""
+    """Refuse, before loading anything, an architecture optimum-intel cannot export for generation, or not
+    with the transformers installed (its per-architecture version limits)."""
     model_type = json.loads((hf_dir / "config.json").read_text()).get("model_type")
     try:
-        tasks = TasksManager.get_supported_tasks_for_model_type(
-            model_type, exporter="openvino", library_name="transformers"
-        )
-    except KeyError:
-        tasks = {}
-    if TASK not in tasks:
+        constructor = TasksManager.get_exporter_config_constructor(
+            exporter="openvino", model_type=model_type, task=TASK, library_name="transformers")
+    except (KeyError, ValueError):
         raise ModelError(
             f"{hf_dir}: optimum-intel cannot export the architecture {model_type!r} for text generation: "
-            "serve a supported architecture (see optimum-intel's list), or convert it yourself to OpenVINO IR "
+            "serve a supported architecture (README: Architectures), or convert it yourself to OpenVINO IR "
             "with a tokenizer and detokenizer and serve that directory"
+        ) from None
+    export_config = getattr(constructor, "func", constructor)
+    lowest = getattr(export_config, "MIN_TRANSFORMERS_VERSION", None)
+    highest = getattr(export_config, "MAX_TRANSFORMERS_VERSION", None)
+    too_old = lowest and is_transformers_version("<", str(lowest))
+    too_new = highest and is_transformers_version(">", str(highest))
+    if too_old or too_new:
+        bounds = " and ".join(part for part in (lowest and f">= {lowest}", highest and f"<= {highest}") if part)
+        raise ModelError(
+            f"{hf_dir}: optimum-intel {version('optimum-intel')} exports the architecture {model_type!r} only with "
+            f"transformers {bounds}, and ovllm's converter has transformers {version('transformers')}: this "
+            "architecture cannot be converted by this ovllm"
         )
+    if model_type not in architectures.TESTED:
+        log.warning("the architecture %r is not among those ovllm checks against transformers (README: "
+                    "Architectures): compare the converted model's first answers with the original's", model_type)
 
 
 def export_gguf(gguf: Path, out: Path, options: ConversionOptions, title: str) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ovllm_engine import __version__, gguf_file
 from ovllm_engine.config import QUANTIZED_WEIGHTS, EnvSettings
-from ovllm_engine.onboard import from_gguf, tokenizer_check
+from ovllm_engine.onboard import architectures, from_gguf, tokenizer_check
 from ovllm_engine.onboard import options as conversion_options
 from ovllm_engine.onboard.options import ConversionOptions
 from ovllm_engine.onboard.progress import format_bytes, format_duration
@@ -222,6 +222,10 @@ def check_source(hf_dir: Path, options: ConversionOptions) -> None:
     if not any(path.suffix in WEIGHT_FILE_SUFFIXES for path in hf_dir.iterdir()):
         raise ModelError(f"{hf_dir} has a config.json but no weights (*.safetensors or *.bin) and no OpenVINO IR "
                          f"({IR_MODEL_FILE}): the download or copy is incomplete")
+    try:
+        architectures.check(config["model_type"])
+    except architectures.ArchitectureError as exc:
+        raise ModelError(f"{hf_dir}: {exc}") from None
     if config.get("auto_map") and not options.trust_remote_code:
         raise ModelError(f"{hf_dir} needs its own Python code (auto_map in config.json) to load: "
                          "pass --trust-remote-code if you trust its authors")
