@@ -2,7 +2,7 @@
 same ids as the source tokenizer, and its detokenizer must give each text back.
 
 A tokenizer that loads but is wrong makes a model that answers garbage while every file looks right:
-transformers 5.5's GGUF loader, for one, turns SmolLM2's tokenizer into one that encodes every space
+transformers' GGUF loader (5.0 and 5.5), for one, turns SmolLM2's tokenizer into one that encodes every space
 as <|endoftext|>. Texts cover prose, numbers, code indentation, runs of spaces and non-ASCII scripts.
 """
 
