@@ -176,15 +176,32 @@ def model_vocab_size(model_path: Path) -> int | None:
     return None
 
 
+def _first_count(config: dict, *names: str) -> int | None:
+    """The first of `names` that config.json gives as a positive whole number (architectures name their
+    shape differently: GPT-2's n_layer is Llama's num_hidden_layers)."""
+    for name in names:
+        value = config.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 def kv_bytes_per_token(model_path: Path, precision: str | None) -> int | None:
     """Bytes of KV cache one token takes across all layers (None if unknown)."""
     config = model_config(model_path)
-    try:
-        layers = config["num_hidden_layers"]
-        heads = config["num_attention_heads"]
-        kv_heads = config.get("num_key_value_heads", heads)
-        head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    except (KeyError, TypeError, ZeroDivisionError):
+    layers = _first_count(config, "num_hidden_layers", "n_layer", "num_layers")
+    heads = _first_count(config, "num_attention_heads", "n_head", "num_heads")
+    hidden = _first_count(config, "hidden_size", "n_embd", "d_model")
+    if not (layers and heads):
+        return None
+    if isinstance(config.get("layer_types"), list):  # hybrids (LFM2's convolutions) keep no KV in some layers
+        layers = sum("attention" in str(kind) for kind in config["layer_types"]) or layers
+    if config.get("multi_query") and not config.get("new_decoder_architecture"):
+        kv_heads = 1  # Falcon-7B, StarCoder: one KV head
+    else:
+        kv_heads = _first_count(config, "num_key_value_heads", "num_kv_heads") or heads
+    head_dim = _first_count(config, "head_dim") or (hidden // heads if hidden else None)
+    if not head_dim:
         return None
     element = {"u8": 1, "f16": 2, "bf16": 2, "f32": 4}.get(precision or "f16", 2)
     return layers * 2 * kv_heads * head_dim * element

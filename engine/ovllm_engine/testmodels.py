@@ -290,6 +290,20 @@ def ov_model(name: str = "tiny", weight_format: str = "fp32") -> Path:
     return _cached_build(f"{name}-ov-{weight_format}-{key}", lambda out: _build_ir(hf_model(name), weight_format, out))
 
 
+def build_many(names: list[str], workers: int = 2) -> dict[str, tuple[Path, Path]]:
+    """{name: (Hugging Face directory, fp32 IR directory)} for many recipes, built `workers` at a time
+    (a cold build keeps about one core busy) in fresh processes (spawned: the caller may have threads)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return dict(zip(names, pool.map(_build_pair, names), strict=True))
+
+
+def _build_pair(name: str) -> tuple[Path, Path]:
+    return hf_model(name), ov_model(name)
+
+
 def _recipe(name: str) -> Recipe:
     try:
         return RECIPES[name]

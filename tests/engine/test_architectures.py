@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import random
-from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
@@ -33,22 +32,17 @@ EXACT_ENV = {"VLLM_OPENVINO_KV_CACHE_PRECISION": "f32", "VLLM_OPENVINO_KVCACHE_S
 MIN_DISTINCT = 6
 
 
-def _build(model_type: str) -> tuple[str, str]:
-    from ovllm_engine import testmodels
-
-    name = f"tiny-{model_type}"
-    return str(testmodels.hf_model(name)), str(testmodels.ov_model(name))
-
-
 @pytest.fixture(scope="module")
 def built(request):
-    """{model_type: (hf_dir, ir_dir)} for the architectures selected in this session, built two at a
-    time (a cold build keeps about one core busy)."""
+    """{model_type: (hf_dir, ir_dir)} for the architectures selected in this session, built (or found in
+    the cache) two at a time."""
     require_module("optimum.intel", "convert")
+    from ovllm_engine import testmodels
+
     selected = [item.callspec.params["model_type"] for item in request.session.items if item.module is request.module
                 and "model_type" in getattr(getattr(item, "callspec", None), "params", {})]
-    with ProcessPoolExecutor(2) as pool:
-        return dict(zip(selected, pool.map(_build, selected), strict=True))
+    pairs = testmodels.build_many([f"tiny-{model_type}" for model_type in selected])
+    return {model_type: pairs[f"tiny-{model_type}"] for model_type in selected}
 
 
 def prompts() -> list[list[int]]:

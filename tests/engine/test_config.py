@@ -81,3 +81,27 @@ def test_kv_space_must_hold_one_full_length_sequence(tmp_path):
         check_kv_space(too_long)
     too_long.kv_cache_precision = "u8"  # half the bytes a token
     check_kv_space(too_long)
+
+
+@pytest.mark.parametrize("config, elements", [
+    ({"num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2, "hidden_size": 896},
+     24 * 2 * 2 * 64),  # Qwen2.5-0.5B
+    ({"n_layer": 12, "n_head": 12, "n_embd": 768}, 12 * 2 * 12 * 64),  # GPT-2
+    ({"n_layer": 40, "n_head": 48, "n_embd": 6144, "multi_query": True}, 40 * 2 * 1 * 128),  # StarCoder
+    ({"num_hidden_layers": 32, "num_attention_heads": 71, "hidden_size": 4544, "multi_query": True}, 32 * 2 * 64),
+    ({"num_hidden_layers": 60, "num_attention_heads": 128, "num_kv_heads": 8, "hidden_size": 8192,
+      "multi_query": True, "new_decoder_architecture": True}, 60 * 2 * 8 * 64),  # Falcon-40B
+    ({"num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4, "hidden_size": 1152,
+      "head_dim": 256}, 26 * 2 * 4 * 256),  # Gemma 3 1B: head_dim is not hidden / heads
+    ({"num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 64,
+      "layer_types": ["conv", "full_attention", "conv", "full_attention"]}, 2 * 2 * 2 * 16),  # LFM2
+    ({"hidden_size": 64}, None),
+])
+def test_kv_bytes_per_token_reads_each_architectures_names(tmp_path, config, elements):
+    """KV elements a token takes (layers x K and V x KV heads x head width), whatever the config calls them."""
+    import json
+
+    from ovllm_engine.config import kv_bytes_per_token
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert kv_bytes_per_token(tmp_path, "f16") == (elements * 2 if elements else None)
