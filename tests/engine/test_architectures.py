@@ -18,7 +18,7 @@ import random
 
 import pytest
 
-from conftest import Server, require_module
+from conftest import Server, require_module, transformers_greedy
 from ovllm_engine.onboard.architectures import TESTED
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -71,7 +71,6 @@ def test_greedy_ids_equal_transformers(model_type, built, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from conftest import transformers_greedy
 
     hf_dir, ir_dir = built[model_type]
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
