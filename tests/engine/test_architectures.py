@@ -71,7 +71,6 @@ def test_greedy_ids_equal_transformers(model_type, built, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-
     hf_dir, ir_dir = built[model_type]
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     reference = transformers_greedy(model, NEW_TOKENS)
