@@ -128,6 +128,12 @@ class EngineConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
 
+# OpenVINO properties for exact arithmetic on every CPU: f32 inference, and no dynamic quantization of
+# activations to int8 (on by default for compressed weights on CPUs with AVX-512 VNNI). On CPUs with
+# AVX-512 BF16 or AMX the defaults are bf16 and int8 activations, which flip near-ties.
+EXACT_OV_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
+
+
 def parse_ov_config(raw: str | None) -> dict:
     if not raw:
         return {}

@@ -74,18 +74,19 @@ def test_greedy_ids_equal_transformers(model_type, built, tmp_path):
     hf_dir, ir_dir = built[model_type]
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     reference = transformers_greedy(model, NEW_TOKENS)
+    cases = prompts()
     server = Server(ir_dir, "--max-num-batched-tokens", str(BATCHED_TOKENS), "--served-model-name", model_type,
                     *EXACT, env=EXACT_ENV, log_path=tmp_path / "server.log")
     try:
         client = server.wait_ready().client()
         served = []
-        for prompt in prompts():
+        for prompt in cases:
             reply = client.completions.create(model=model_type, prompt=prompt, max_tokens=NEW_TOKENS, temperature=0,
                                               extra_body={"ignore_eos": True, "return_token_ids": True})
             served.append(reply.choices[0].token_ids)
     finally:
         server.stop()
-    for prompt, tokens in zip(prompts(), served, strict=True):
+    for prompt, tokens in zip(cases, served, strict=True):
         expected = reference(prompt)
         assert len(set(expected)) >= MIN_DISTINCT, f"{model_type}'s random weights repeat themselves: {expected}"
         assert tokens == expected, divergence(model, prompt, expected, tokens)

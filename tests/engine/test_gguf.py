@@ -17,6 +17,7 @@ import pytest
 
 from conftest import Server, require_module
 from fakehub import FakeHub, Repo
+from ovllm_engine.config import EXACT_OV_CONFIG
 from ovllm_engine.server.args import DEMO_OV_CONFIG
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -141,8 +142,6 @@ def gguf_server(smollm2_gguf, tmp_path_factory):
 def test_the_demo_runs_with_exact_arithmetic_on_every_cpu(gguf_server, smollm2_gguf):
     """On CPUs with AVX-512 BF16 or AMX, OpenVINO defaults to bf16 and int8 activations, which flip the
     near-tie of the README question's first token: the demo asks for f32 and no dynamic quantization."""
-    from ovllm_engine.server.args import DEMO_OV_CONFIG
-
     configuration = json.loads(re.search(r"configuration: (\{.*\})", gguf_server.log()).group(1))
     assert configuration["ov_config"] == DEMO_OV_CONFIG == {
         "INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
@@ -209,7 +208,7 @@ def test_hub_repo_of_gguf_files_downloads_only_the_named_file(smollm2_gguf, tmp_
         assert "for a repo of GGUF files, name the one to serve with --gguf-file NAME" in line
 
         server = Server("ovllm-test/smol-gguf", "--gguf-file", "SmolLM2-Q4_1.gguf", "--ov-config",
-                        json.dumps(DEMO_OV_CONFIG), env=environment, log_path=tmp_path / "server.log")
+                        json.dumps(EXACT_OV_CONFIG), env=environment, log_path=tmp_path / "server.log")
         try:
             client = server.wait_ready(timeout=300).client()
             assert client.models.list().data[0].id == "ovllm-test/smol-gguf"

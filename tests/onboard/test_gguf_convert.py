@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 
 from conftest import Server, require_module, transformers_greedy
+from ovllm_engine.config import EXACT_OV_CONFIG
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-# f32 inference without dynamic quantization of activations (int8, on by default for compressed weights on
-# CPUs with AVX-512 VNNI), which would flip near-ties.
-EXACT = ("--ov-config", '{"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}')
+EXACT = ("--ov-config", json.dumps(EXACT_OV_CONFIG))
 EXACT_ENV = {"VLLM_OPENVINO_KV_CACHE_PRECISION": "f32"}  # CPU pipelines default to a u8 KV cache
 NEW_TOKENS = 24
 BATCHED_TOKENS = 32

