@@ -31,10 +31,11 @@ serve: install-serve
 	$(BIN)/ovllm serve $(MODEL) --port $(PORT) $(ARGS)
 
 # etcd, kube-apiserver, controller-manager, scheduler, kubectl, kwok and helm for the operator's and
-# the chart's tests, built from upstream Go modules into ~/.cache/ovllm/controlplane (needs Go;
-# about 10 minutes cold, a second warm).
+# the chart's tests, and kubelet, kube-proxy, pause and crictl for the real node, built from upstream
+# Go modules into ~/.cache/ovllm/controlplane (needs Go; about 13 minutes cold, a second warm); as
+# root, also Debian's containerd, runc and CNI plugins for the real node.
 controlplane: $(BIN)/uv
-	$(BIN)/python hack/controlplane.py install --helm
+	$(BIN)/python hack/controlplane.py install --helm --real-node
 
 # The four images of Dockerfile.openvino (engine, operator, router, converter), built with BuildKit as
 # ovllm-ROLE:dev. As root it installs Debian's docker.io and starts dockerd when needed, and makes the

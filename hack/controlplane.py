@@ -2,13 +2,16 @@
 """A real Kubernetes control plane for tests: etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler and kwok (fake nodes and pods), all built from upstream Go modules.
 
-No kubelet and no containers: kwok plays the nodes and moves pods through their phases, so the
-operator's tests run against the real API server, scheduler, garbage collector, Job controller and
-PV binder on a 2-core machine without Docker. Standard library only, so it runs before any venv.
+kwok plays the nodes and moves pods through their phases, so the operator's tests run against the
+real API server, scheduler, garbage collector, Job controller and PV binder on a 2-core machine
+without containers. With --real-node one real node joins them (hack/realnode.py): containerd, a
+kubelet and kube-proxy from the same Kubernetes module, where pods really run. Standard library
+only, so it runs before any venv.
 
-    python hack/controlplane.py install [--helm]   # build the binaries once (Go required)
-    python hack/controlplane.py up --dir RUNDIR     # start one; writes RUNDIR/kubeconfig
-    python hack/controlplane.py down --dir RUNDIR   # stop it
+    python hack/controlplane.py install [--helm] [--real-node]  # build the binaries once (Go required)
+    python hack/controlplane.py up --dir RUNDIR [--real-node]    # start one; writes RUNDIR/kubeconfig
+    python hack/controlplane.py load-images --dir RUNDIR IMAGE.. # Docker's images into the real node
+    python hack/controlplane.py down --dir RUNDIR                # stop it, and clean up the host
 
 From Python (the pytest fixtures): ``start(run_dir) -> ControlPlane`` and ``ControlPlane.stop()``.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -70,7 +74,23 @@ VERSION_ARGS = {
     "kubectl": ["version", "--client"],
     "kwok": ["--version"],
 }
-K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+# The real node's: its kubelet and kube-proxy, the pause container, crictl (cleans pods up at `down`).
+NODE_VERSION_ARGS = {"kubelet": ["--version"], "kube-proxy": ["--version"], "pause": ["-v"], "crictl": ["--version"]}
+K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy")
+NODE_TOKEN = "real-0-node-token"  # the kubelet's: user system:node:real-0 in group system:nodes
+
+
+def _load_realnode():
+    """hack/realnode.py, importable however this file was loaded (as a script or by path)."""
+    if "ovllm_realnode" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("ovllm_realnode", Path(__file__).with_name("realnode.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["ovllm_realnode"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["ovllm_realnode"]
+
+
+realnode = _load_realnode()
 
 # kwok's "fast" stages: nodes become Ready at once, pods Running at once, Job pods then Succeeded.
 KWOK_STAGE_FILES = (
@@ -163,6 +183,14 @@ def helm_path() -> Path:
     return cache_root() / f"helm-{HELM_VERSION}" / "bin" / "helm"
 
 
+def crictl_path() -> Path:
+    return cache_root() / f"cri-tools-{realnode.CRICTL_VERSION}" / "bin" / "crictl"
+
+
+def binary_path(name: str) -> Path:
+    return crictl_path() if name == "crictl" else bin_dir() / name
+
+
 def _runs(path: Path, args: list[str]) -> bool:
     try:
         return subprocess.run([path, *args], capture_output=True, timeout=60).returncode == 0
@@ -170,9 +198,10 @@ def _runs(path: Path, args: list[str]) -> bool:
         return False
 
 
-def missing() -> list[str]:
+def missing(real_node: bool = False) -> list[str]:
     """What `up` needs and the cache lacks (cheap: no binary is run)."""
-    names = [name for name in VERSION_ARGS if not (bin_dir() / name).is_file()]
+    names = [*VERSION_ARGS, *(NODE_VERSION_ARGS if real_node else ())]
+    names = [name for name in names if not binary_path(name).is_file()]
     return names + ([stages_path().name] if not stages_path().is_file() else [])
 
 
@@ -222,7 +251,7 @@ def _pinned_modfile(source: Path, work: Path, pin_replaces) -> Path:
     return modfile
 
 
-def _build_kubernetes(names: list[str], scratch: Path, out: Path) -> None:
+def _build_kubernetes(names: list[str], pause: bool, scratch: Path, out: Path) -> None:
     """k8s.io/kubernetes replaces its 32 staging modules (k8s.io/api, ...) with ./staging, absent from
     the module zip: pin the required ones to their published release, drop the unused ones."""
     source = _module_dir("k8s.io/kubernetes", K8S_VERSION, scratch)
@@ -241,6 +270,9 @@ def _build_kubernetes(names: list[str], scratch: Path, out: Path) -> None:
         log(f"building {name} {K8S_VERSION}")
         _run([_go(), "build", f"-modfile={modfile}", "-trimpath", f"-ldflags={ldflags}", "-o", out / name,
               f"./cmd/{name}"], cwd=source, env=_go_env(GOFLAGS="-mod=mod"))
+    if pause:
+        log("building pause from build/pause/linux/pause.c")
+        realnode.build_pause(source, out / "pause", realnode.PAUSE_IMAGE.rsplit(":", 1)[1])
 
 
 def _build_etcd(scratch: Path, out: Path) -> None:
@@ -281,25 +313,30 @@ def _write_stages(scratch: Path, path: Path) -> None:
     tmp.replace(path)
 
 
-def install(helm: bool = False) -> Path:
+def install(helm: bool = False, real_node: bool = False) -> Path:
     """Build whatever the cache lacks (or has broken) and return the bin directory. Each binary is
     built in a scratch dir on the same filesystem and renamed into place, so an interrupted build
-    never leaves a half-written binary that looks installed."""
+    never leaves a half-written binary that looks installed. With real_node, also install the Debian
+    packages the real node runs (containerd, runc, CNI plugins)."""
+    if real_node:
+        realnode.install_host_packages()
     target = bin_dir()
     target.mkdir(parents=True, exist_ok=True)
-    todo = [name for name, args in VERSION_ARGS.items() if not _runs(target / name, args)]
+    checks = {**VERSION_ARGS, **NODE_VERSION_ARGS}
+    todo = [name for name, args in checks.items() if not _runs(binary_path(name), args)]
     if helm and not _runs(helm_path(), ["version"]):
         todo.append("helm")
     if not todo and stages_path().is_file():
         log(f"up to date: {target}")
         return target
     log(f"installing {', '.join(todo) or stages_path().name} into {cache_root()} "
-        "(cold, on 2 cores: about 7 minutes, helm 2 more)")
+        "(cold, on 2 cores: about 10 minutes, helm 2 more)")
     with tempfile.TemporaryDirectory(prefix=".build-", dir=install_dir()) as tmp:
         scratch, out = Path(tmp), Path(tmp) / "bin"
         out.mkdir()
-        if k8s := [name for name in K8S_COMMANDS if name in todo]:
-            _build_kubernetes(k8s, scratch, out)
+        k8s = [name for name in K8S_COMMANDS if name in todo]
+        if k8s or "pause" in todo:
+            _build_kubernetes(k8s, "pause" in todo, scratch, out)
         if "etcd" in todo:
             _build_etcd(scratch, out)
         if "kwok" in todo:
@@ -310,11 +347,15 @@ def install(helm: bool = False) -> Path:
                         f"-X helm.sh/helm/v4/internal/version.version={HELM_VERSION}")
             helm_path().parent.mkdir(parents=True, exist_ok=True)
             (out / "helm").replace(helm_path())
+        if "crictl" in todo:
+            _go_install("sigs.k8s.io/cri-tools/cmd/crictl", realnode.CRICTL_VERSION, out)
+            crictl_path().parent.mkdir(parents=True, exist_ok=True)
+            (out / "crictl").replace(crictl_path())
         for binary in out.iterdir():
             binary.replace(target / binary.name)
         _write_stages(scratch, stages_path())
     for name in todo:
-        path, args = (helm_path(), ["version"]) if name == "helm" else (target / name, VERSION_ARGS[name])
+        path, args = (helm_path(), ["version"]) if name == "helm" else (binary_path(name), checks[name])
         if not _runs(path, args):
             raise SystemExit(f"{path} was built but does not run {' '.join(args)}")
     log(f"installed: {target}")
@@ -334,31 +375,38 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _make_pki(pki: Path) -> None:
-    """A CA that signs the API server's certificate (so clients verify TLS instead of skipping it)
-    and the controller-manager's CSR signer, plus the service-account token signing key pair."""
+    """A CA that signs the API server's certificate (so clients verify TLS instead of skipping it),
+    the API server's client certificate for kubelets, and the controller-manager's CSR signer, plus
+    the service-account token signing key pair."""
     pki.mkdir(parents=True, exist_ok=True)
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
              "-days", "3650", "-subj", "/CN=ovllm-test-ca", cwd=pki)
     (pki / "apiserver.ext").write_text(
         "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth\nauthorityKeyIdentifier=keyid\nsubjectAltName=IP:127.0.0.1,"
-        "IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n")
+        f"IP:{realnode.GATEWAY},IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n")
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key", "-out", "apiserver.csr",
              "-subj", "/CN=kube-apiserver", cwd=pki)
     _openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
              "-days", "3650", "-extfile", "apiserver.ext", "-out", "apiserver.crt", cwd=pki)
+    (pki / "client.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+                                    "extendedKeyUsage=clientAuth\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "kubelet-client.key", "-out", "kubelet-client.csr",
+             "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client", cwd=pki)
+    _openssl("x509", "-req", "-in", "kubelet-client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "3650", "-extfile", "client.ext", "-out", "kubelet-client.crt", cwd=pki)
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 
 
-def _kubeconfig(server: str, ca: Path) -> str:
+def _kubeconfig(server: str, ca: Path, token: str = TOKEN, user: str = "admin") -> str:
     """JSON is YAML: a kubeconfig every client reads, self-contained (the CA is inlined)."""
     ca_data = base64.b64encode(ca.read_bytes()).decode()
     return json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "ovllm-test",
         "clusters": [{"name": "ovllm-test", "cluster": {"server": server, "certificate-authority-data": ca_data}}],
-        "users": [{"name": "admin", "user": {"token": TOKEN}}],
-        "contexts": [{"name": "ovllm-test", "context": {"cluster": "ovllm-test", "user": "admin"}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "ovllm-test", "context": {"cluster": "ovllm-test", "user": user}}],
     }, indent=2)
 
 
@@ -405,14 +453,31 @@ def _terminate(pids: list[tuple[str, int]], timeout: float) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def stop(run_dir: Path | str, timeout: float = 15.0) -> None:
-    """Stop what `start` wrote to run_dir/pids: the API server's clients and the API server first,
-    etcd last (an API server whose etcd is gone hangs in shutdown until it is killed)."""
+def _stop_real_node(run_dir: Path, pids: list[tuple[str, int]], timeout: float) -> None:
+    """The kubelet first (it would restart what is removed), then every pod through CRI (CNI
+    releases its veth and address), then kube-proxy and containerd, then what is left on the host."""
+    paths = realnode.Paths(run_dir, cache_root())
+    _terminate([p for p in pids if p[0] == "kubelet"], timeout)
+    realnode.remove_pods(crictl_path(), paths)
+    _terminate([p for p in pids if p[0] in ("kube-proxy", "containerd")], timeout)
+    realnode.clean_host(paths, bin_dir() / "kube-proxy")
+
+
+def stop(run_dir: Path | str, timeout: float = 15.0) -> list[str]:
+    """Stop what `start` wrote to run_dir/pids: a real node first (see _stop_real_node), the API
+    server's clients and the API server next, etcd last (an API server whose etcd is gone hangs in
+    shutdown until it is killed). Returns what a real node left behind on the host (nothing, when
+    all went well)."""
     run_dir = Path(run_dir)
     pids = _read_pids(run_dir)
+    left = []
+    if (run_dir / "real-node").is_dir():
+        _stop_real_node(run_dir, pids, timeout)
+        left = realnode.leftovers(realnode.Paths(run_dir, cache_root()))
     _terminate([p for p in pids if p[0] != "etcd"], timeout)
     _terminate([p for p in pids if p[0] == "etcd"], timeout)
     (run_dir / "pids").unlink(missing_ok=True)
+    return left
 
 
 @dataclass
@@ -453,18 +518,32 @@ class ControlPlane:
             parts.append(f"----- {log_file.name} (last {len(tail)} lines)\n" + "\n".join(tail))
         return "\n".join(parts)
 
-    def stop(self, timeout: float = 15.0) -> None:
-        stop(self.run_dir, timeout)
+    @property
+    def real_node(self):
+        """The real node's paths (containerd's socket...), or None on a kwok-only cluster."""
+        paths = realnode.Paths(self.run_dir, cache_root())
+        return paths if paths.base.is_dir() else None
+
+    def load_images(self, images: list[str]) -> list[str]:
+        """Docker's images into the real node's containerd (only those it lacks); returns those imported."""
+        if self.real_node is None:
+            raise RuntimeError(f"no real node in {self.run_dir}: start with --real-node")
+        return realnode.load_docker_images(crictl_path(), self.real_node, images)
+
+    def stop(self, timeout: float = 15.0) -> list[str]:
+        left = stop(self.run_dir, timeout)
         for process in self._processes:  # reap our children so they do not linger as zombies
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout)
+        return left
 
-    def _spawn(self, name: str, args: list[str], detach: bool) -> None:
+    def _spawn(self, name: str, args: list[str], detach: bool, executable: str | None = None) -> None:
         """Start one component with its log in logs/NAME.log and its pid appended to pids (at once,
         so `down` can clean up after a start that failed halfway)."""
         with open(self.run_dir / "logs" / f"{name}.log", "ab") as log_file:
-            process = subprocess.Popen([str(bin_dir() / name), *args], stdout=log_file, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, cwd=self.run_dir, start_new_session=detach)
+            process = subprocess.Popen([executable or str(bin_dir() / name), *args], stdout=log_file,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.run_dir,
+                                       start_new_session=detach)
         self._processes.append(process)
         with open(self.run_dir / "pids", "a") as pids:
             pids.write(f"{name} {process.pid}\n")
@@ -490,26 +569,82 @@ class ControlPlane:
         return status == 200 and ready >= set(NODES)
 
 
-def start(run_dir: Path | str, timeout: float = 120.0, detach: bool = False) -> ControlPlane:
-    """Start a fresh control plane on free loopback ports (several can run at once) and return once
-    it is usable: API server ready, controller-manager running (the default ServiceAccount exists),
-    the fake nodes registered and Ready. With detach, the processes outlive this Python process."""
+def _start_real_node(plane: ControlPlane, timeout: float, detach: bool) -> None:
+    """containerd (CRI) with the pause image, then the kubelet and kube-proxy; returns once the
+    node is Ready."""
+    paths = realnode.Paths(plane.run_dir, cache_root())
+    for directory in (paths.cni_conf, paths.ipam, paths.kubelet_root, paths.pod_logs, paths.containerd_root):
+        directory.mkdir(parents=True, exist_ok=True)
+    (paths.cni_conf / "10-ovllm.conflist").write_text(json.dumps(realnode.cni_config(paths), indent=2))
+    containerd_config = paths.base / "containerd.toml"
+    containerd_config.write_text(realnode.containerd_config(paths))
+    plane._spawn("containerd", ["--config", str(containerd_config)], detach,
+                 executable=str(realnode.HOST_PACKAGES["containerd"]))
+    plane._wait("containerd's CRI socket", lambda: realnode.crictl(
+        crictl_path(), paths, "version", check=False).returncode == 0, timeout)
+    realnode.remove_pods(crictl_path(), paths)  # left by a run that was killed before `down`
+    realnode.ctr(paths, "images", "import", "-", input=realnode.pause_archive(bin_dir() / "pause"))
+
+    pki = plane.run_dir / "pki"
+    node_kubeconfig = paths.base / "kubelet.kubeconfig"
+    node_user = f"system:node:{realnode.NODE_NAME}"
+    node_kubeconfig.write_text(_kubeconfig(plane.server, pki / "ca.crt", NODE_TOKEN, node_user))
+    kubelet_config = paths.base / "kubelet.yaml"  # JSON is YAML
+    kubelet_config.write_text(json.dumps(realnode.kubelet_config(paths, pki / "ca.crt", free_port(), free_port())))
+    labels = ",".join(f"{key}={value}" for key, value in realnode.node_labels().items())
+    plane._spawn("kubelet", [
+        f"--config={kubelet_config}", f"--kubeconfig={node_kubeconfig}", f"--root-dir={paths.kubelet_root}",
+        f"--hostname-override={realnode.NODE_NAME}", f"--node-ip={realnode.GATEWAY}", f"--node-labels={labels}"],
+        detach)
+    proxy_config = paths.base / "kube-proxy.yaml"
+    proxy_config.write_text(json.dumps(realnode.kube_proxy_config(plane.kubeconfig, free_port(), free_port())))
+    plane._spawn("kube-proxy", [f"--config={proxy_config}"], detach)
+
+    def node_ready() -> bool:
+        status, node = plane.request("GET", f"/api/v1/nodes/{realnode.NODE_NAME}")
+        return status == 200 and any(c["type"] == "Ready" and c["status"] == "True"
+                                     for c in node.get("status", {}).get("conditions", []))
+
+    plane._wait(f"the real node {realnode.NODE_NAME} to be Ready (kubelet)", node_ready, timeout)
+
+
+def start(run_dir: Path | str, timeout: float = 120.0, detach: bool = False, real_node: bool = False) -> ControlPlane:
+    """Start a fresh control plane on free ports (several can run at once) and return once it is
+    usable: API server ready, controller-manager running (the default ServiceAccount exists), the
+    fake nodes registered and Ready, and with real_node the real node Ready too. With detach, the
+    processes outlive this Python process.
+
+    Without a real node everything listens on 127.0.0.1. With one, the API server listens on the
+    pods' bridge (realnode.GATEWAY) instead, where pods reach it through the `kubernetes` Service
+    and the host reaches it as well; only one real node can run on a machine at a time."""
     run_dir = Path(run_dir).resolve()
-    if lacking := missing():
+    if lacking := missing(real_node):
         raise FileNotFoundError(f"control plane binaries missing in {install_dir()}: {', '.join(lacking)}; "
                                 "build them with `make controlplane` (python hack/controlplane.py install)")
+    if real_node and (reason := realnode.why_not_here()):
+        raise RuntimeError(f"cannot start a real node: {reason}")
     if any(_pid_alive(pid, name) for name, pid in _read_pids(run_dir)):
         raise RuntimeError(f"a control plane is already running in {run_dir}; stop it first (down --dir)")
-    for stale in ("etcd", "logs", "pki", "pids"):
+    for stale in ("etcd", "logs", "pki", "pids", "real-node"):
         path = run_dir / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     (run_dir / "logs").mkdir(parents=True)
     pki = run_dir / "pki"
     _make_pki(pki)
-    (pki / "tokens.csv").write_text(f"{TOKEN},admin,admin,system:masters\n")
+    tokens = f"{TOKEN},admin,admin,system:masters\n"
+    address = "127.0.0.1"
+    if real_node:
+        if realnode.node_running_elsewhere(run_dir):
+            raise RuntimeError(f"a real node already runs on this machine: {realnode.node_running_elsewhere(run_dir)}")
+        realnode.Paths(run_dir, cache_root()).base.mkdir(parents=True)
+        realnode.clean_host(realnode.Paths(run_dir, cache_root()), bin_dir() / "kube-proxy")  # a killed run's
+        realnode.create_network()
+        tokens += f"{NODE_TOKEN},system:node:{realnode.NODE_NAME},node-{realnode.NODE_NAME},system:nodes\n"
+        address = realnode.GATEWAY
+    (pki / "tokens.csv").write_text(tokens)
     etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
     etcd, peer = f"http://127.0.0.1:{etcd_port}", f"http://127.0.0.1:{peer_port}"
-    plane = ControlPlane(run_dir, f"https://127.0.0.1:{api_port}", run_dir / "kubeconfig")
+    plane = ControlPlane(run_dir, f"https://{address}:{api_port}", run_dir / "kubeconfig")
     plane.kubeconfig.write_text(_kubeconfig(plane.server, pki / "ca.crt"))
     kubeconfig = str(plane.kubeconfig)
     try:
@@ -519,12 +654,14 @@ def start(run_dir: Path | str, timeout: float = 120.0, detach: bool = False) -> 
             f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
             f"--initial-cluster=default={peer}"], detach)
         plane._spawn("kube-apiserver", [
-            f"--etcd-servers={etcd}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--etcd-servers={etcd}", f"--bind-address={address}", f"--advertise-address={address}",
             f"--secure-port={api_port}", f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}", f"--token-auth-file={pki / 'tokens.csv'}",
             "--authorization-mode=RBAC,Node", "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}"], detach)
+            f"--service-cluster-ip-range={SERVICE_CIDR}", f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'kubelet-client.key'}", "--kubelet-preferred-address-types=InternalIP"],
+            detach)
         plane._wait("the API server's /readyz", lambda: plane.request("GET", "/readyz")[0] == 200, timeout)
         plane._spawn("kube-controller-manager", [
             f"--kubeconfig={kubeconfig}", "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false",
@@ -547,6 +684,8 @@ def start(run_dir: Path | str, timeout: float = 120.0, detach: bool = False) -> 
             if status not in (201, 409):
                 raise RuntimeError(f"cannot create node {name}: {status} {body}")
         plane._wait("the fake nodes to be Ready (kwok)", plane._nodes_ready, timeout)
+        if real_node:
+            _start_real_node(plane, timeout, detach)
     except BaseException:
         plane.stop()
         raise
@@ -571,20 +710,33 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     install_parser = commands.add_parser("install", help="build the binaries into the cache (idempotent)")
     install_parser.add_argument("--helm", action="store_true", help=f"also build helm {HELM_VERSION}")
+    install_parser.add_argument("--real-node", action="store_true",
+                                help="also install the Debian packages a real node runs (as root)")
     up = commands.add_parser("up", help="start a control plane and leave it running")
     up.add_argument("--dir", type=Path, required=True, help="run directory: kubeconfig, logs/, pids")
     up.add_argument("--timeout", type=float, default=120.0)
+    up.add_argument("--real-node", action="store_true",
+                    help=f"add the real node {realnode.NODE_NAME}: containerd, kubelet, kube-proxy (as root)")
+    load = commands.add_parser("load-images", help="import Docker's images into the real node of --dir")
+    load.add_argument("--dir", type=Path, required=True)
+    load.add_argument("images", nargs="+")
     down = commands.add_parser("down", help="stop the control plane started in --dir")
     down.add_argument("--dir", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "install":
-        install(helm=args.helm)
+        install(helm=args.helm, real_node=args.real_node)
     elif args.command == "up":
-        plane = start(args.dir, timeout=args.timeout, detach=True)
-        log(f"ready: {plane.server} with nodes {', '.join(NODES)}")
+        plane = start(args.dir, timeout=args.timeout, detach=True, real_node=args.real_node)
+        nodes = [*NODES, *([realnode.NODE_NAME] if args.real_node else [])]
+        log(f"ready: {plane.server} with nodes {', '.join(nodes)}")
         print(f"export KUBECONFIG={plane.kubeconfig} PATH={bin_dir()}:$PATH")
+    elif args.command == "load-images":
+        imported = attach(args.dir.resolve() / "kubeconfig").load_images(args.images)
+        log(f"imported: {', '.join(imported) or 'none (the node has these builds)'}")
     else:
-        stop(args.dir)
+        if left := stop(args.dir):
+            log("left on the host:\n  " + "\n  ".join(left))
+            return 1
     return 0
 
 

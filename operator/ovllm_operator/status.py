@@ -88,7 +88,8 @@ def conditions(observed: Observed) -> list[dict]:
     job = observed.job
 
     if observed.conversion == "image":
-        model = _condition("ModelReady", True, "ServedAsIs", f"{observed.model} is OpenVINO IR in the image")
+        model = _condition("ModelReady", True, "ServedAsIs",
+                           f"{observed.model} is served as it is (OpenVINO IR, or a GGUF file the engine reads)")
     elif observed.conversion == "pod":
         model = (_condition("ModelReady", True, "LoadedInPods", f"{observed.model} is loaded by {ready} pod(s)")
                  if ready else _condition("ModelReady", None, "ConvertingInPods",

@@ -159,3 +159,24 @@ def test_a_wrong_tokenizer_is_never_published(smollm2_gguf, tiny_hf, tmp_path):
     assert "\n" not in message
     assert message.startswith("the converted tokenizer encodes 'The capital of France is Paris.")
     assert "but the transformers tokenizer encodes it as [" in message
+
+
+def test_a_gguf_on_a_read_only_volume_is_read(smollm2_gguf, tmp_path):
+    """Engine pods mount their volumes read-only, and GenAI's GGUF reader opens the file for writing
+    (found on the real node: the engine pod crashed with "Failed to open ... with gguf_open"). A
+    read-only bind mount, as the kubelet makes one, holds the file here."""
+    from conftest import require
+    from ovllm_engine.onboard import from_gguf
+
+    require(os.geteuid() == 0, "root, to bind-mount a read-only volume")
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    subprocess.run(["mount", "--bind", "-o", "ro", str(smollm2_gguf.parent), str(volume)], check=True)
+    try:
+        assert not os.access(volume / smollm2_gguf.name, os.W_OK)
+        out = tmp_path / "tokenizer"
+        out.mkdir()
+        from_gguf.write_tokenizer(volume / smollm2_gguf.name, out)
+        assert sorted(path.name for path in out.iterdir()) == sorted(from_gguf.TOKENIZER_FILES)
+    finally:
+        subprocess.run(["umount", str(volume)], check=True)

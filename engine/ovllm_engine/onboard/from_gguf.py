@@ -4,12 +4,16 @@ template, exactly as `ovllm serve FILE.gguf` runs them. Engine extra only (no to
 
 GenAI writes these files next to the GGUF it reads when asked (`enable_save_ov_model`), so it reads a
 link to the file inside a scratch directory: the GGUF's own directory may be read-only (a volume).
+And GenAI's GGUF reader (gguflib's gguf_open) opens the file for writing, so a file this process
+cannot write (a read-only volume, as engine pods mount theirs, or another user's file) is read from
+a copy in that scratch directory instead: "Failed to open ... with gguf_open" otherwise.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,7 +30,12 @@ MODEL_FILES = ("openvino_model.xml", "openvino_model.bin")
 def _saved_by_genai(gguf: Path, build, files: tuple[str, ...], out: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="ovllm-gguf-", dir=out) as scratch:
         link = Path(scratch) / "model.gguf"
-        link.symlink_to(gguf.resolve())
+        if os.access(gguf, os.W_OK):
+            link.symlink_to(gguf.resolve())
+        else:
+            log.info("copying %s to read it (GenAI opens GGUF files for writing, and this one is read-only)",
+                     gguf.name)
+            shutil.copyfile(gguf, link)
         build(str(link))
         for name in files:
             shutil.move(Path(scratch) / name, out / name)
