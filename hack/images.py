@@ -246,9 +246,10 @@ def build(targets: list[str], tag: str) -> dict[str, int]:
                 raise SystemExit(f"images: building {target} failed; the build's log ends:\n{result.stderr[-6000:]}")
             sizes[target] = image_size(cli, image_name(target, tag))
             log(f"{image_name(target, tag)}: {sizes[target] / 1e6:.0f} MB, built in {time.monotonic() - started:.0f}s")
-        # Images that lost their tag to a rebuild; the build cache stays (within a bound) for the next one.
+        # Images that lost their tag to a rebuild; the build cache stays (within a bound that leaves the
+        # real node room for its copy of the images) for the next one.
         _run([cli, "image", "prune", "--force"], check=False)
-        _run([cli, "builder", "prune", "--force", "--keep-storage", "40GB"], check=False)
+        _run([cli, "builder", "prune", "--force", "--keep-storage", "25GB"], check=False)
         return sizes
 
 

@@ -302,9 +302,16 @@ def load_docker_images(crictl_path: Path, paths: Paths, images: list[str], docke
     lacks that exact build. Returns the ones imported."""
     imported = []
     for image in images:
-        wanted = _run([docker, "image", "inspect", "--format", "{{.Id}}", image]).stdout.decode().strip()
+        wanted, size = _run([docker, "image", "inspect", "--format", "{{.Id}} {{.Size}}", image]).stdout.split()
+        wanted = wanted.decode()
         if image_id(crictl_path, paths, image) == wanted:
             continue
+        # containerd keeps the layers twice: as imported (content store) and unpacked (snapshots).
+        needed, free = 2 * int(size), shutil.disk_usage(paths.containerd_root).free
+        if needed > free:
+            raise RuntimeError(f"importing {image} into the real node needs about {needed / 1e9:.1f} GB in "
+                               f"{paths.containerd_root} (its layers, and unpacked), and {free / 1e9:.1f} GB are "
+                               "free")
         saved = subprocess.Popen([docker, "save", image], stdout=subprocess.PIPE)
         try:
             result = subprocess.run(["ctr", "--address", str(paths.socket), "--namespace", K8S_NAMESPACE,

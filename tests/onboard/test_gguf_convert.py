@@ -166,7 +166,7 @@ def test_a_gguf_on_a_read_only_volume_is_read(smollm2_gguf, tmp_path):
     (found on the real node: the engine pod crashed with "Failed to open ... with gguf_open"). A
     read-only bind mount, as the kubelet makes one, holds the file here."""
     from conftest import require
-    from ovllm_engine.onboard import from_gguf
+    from ovllm_engine.onboard import from_gguf, tokenizer_check
 
     require(os.geteuid() == 0, "root, to bind-mount a read-only volume")
     volume = tmp_path / "volume"
@@ -178,5 +178,8 @@ def test_a_gguf_on_a_read_only_volume_is_read(smollm2_gguf, tmp_path):
         out.mkdir()
         from_gguf.write_tokenizer(volume / smollm2_gguf.name, out)
         assert sorted(path.name for path in out.iterdir()) == sorted(from_gguf.TOKENIZER_FILES)
+        encode = tokenizer_check.gguf_encoder(volume / smollm2_gguf.name, tmp_path)  # serving checks with it
+        assert encode("The capital of France") == tokenizer_check.gguf_encoder(smollm2_gguf)("The capital of France")
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["tokenizer", "volume"]  # no copy left
     finally:
         subprocess.run(["umount", str(volume)], check=True)

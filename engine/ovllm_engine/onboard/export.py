@@ -138,7 +138,7 @@ def export_ir(hf_dir: Path, out: Path, options: ConversionOptions, title: str, g
                 for name in HF_TOKENIZER_FILES:
                     (out / name).unlink(missing_ok=True)
                 from_gguf.write_tokenizer(gguf, out)
-                source_encode, source_name = tokenizer_check.gguf_encoder(gguf), f"GenAI's reader of {gguf.name}"
+                source_encode, source_name = tokenizer_check.gguf_encoder(gguf, out), f"GenAI's reader of {gguf.name}"
             else:
                 source_encode = tokenizer_check.transformers_encoder(hf_dir, options.trust_remote_code)
                 source_name = "the transformers tokenizer"

@@ -11,6 +11,7 @@ a copy in that scratch directory instead: "Failed to open ... with gguf_open" ot
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,18 +28,26 @@ TOKENIZER_FILES = ("openvino_tokenizer.xml", "openvino_tokenizer.bin",
 MODEL_FILES = ("openvino_model.xml", "openvino_model.bin")
 
 
-def _saved_by_genai(gguf: Path, build, files: tuple[str, ...], out: Path) -> None:
-    with tempfile.TemporaryDirectory(prefix="ovllm-gguf-", dir=out) as scratch:
-        link = Path(scratch) / "model.gguf"
+@contextlib.contextmanager
+def openable(gguf: Path, scratch_parent: Path | None = None):
+    """A path to the GGUF in a scratch directory (under scratch_parent) that GenAI can open: a link
+    to the file, or a copy of it when this process cannot write the file."""
+    with tempfile.TemporaryDirectory(prefix="ovllm-gguf-", dir=scratch_parent) as scratch:
+        path = Path(scratch) / "model.gguf"
         if os.access(gguf, os.W_OK):
-            link.symlink_to(gguf.resolve())
+            path.symlink_to(gguf.resolve())
         else:
             log.info("copying %s to read it (GenAI opens GGUF files for writing, and this one is read-only)",
                      gguf.name)
-            shutil.copyfile(gguf, link)
+            shutil.copyfile(gguf, path)
+        yield path
+
+
+def _saved_by_genai(gguf: Path, build, files: tuple[str, ...], out: Path) -> None:
+    with openable(gguf, out) as link:
         build(str(link))
         for name in files:
-            shutil.move(Path(scratch) / name, out / name)
+            shutil.move(link.parent / name, out / name)
 
 
 def write_tokenizer(gguf: Path, out: Path) -> None:

@@ -302,7 +302,8 @@ def convert_into(target: Path, local: LocalModel, options: ConversionOptions, me
         try:
             if _genai_only(local, options):
                 from_gguf.write_ir(local.path, tmp)
-                tokenizer_check.check(tokenizer_check.gguf_encoder(local.path), tmp, f"GenAI's reader of {local.name}")
+                tokenizer_check.check(tokenizer_check.gguf_encoder(local.path, tmp), tmp,
+                                      f"GenAI's reader of {local.name}")
             elif local.is_gguf:
                 export.export_gguf(local.path, tmp, options, title)
             else:

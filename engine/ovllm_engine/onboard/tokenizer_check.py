@@ -53,9 +53,13 @@ def transformers_encoder(hf_dir: Path, trust_remote_code: bool) -> Encode:
     return lambda text: list(tokenizer(text, add_special_tokens=False).input_ids)
 
 
-def gguf_encoder(gguf: Path) -> Encode:
-    """GenAI's tokenizer read from the GGUF itself: what `ovllm serve FILE.gguf` uses."""
+def gguf_encoder(gguf: Path, scratch_parent: Path | None = None) -> Encode:
+    """GenAI's tokenizer read from the GGUF itself: what `ovllm serve FILE.gguf` uses. A read-only
+    file is read from a copy under scratch_parent (see from_gguf.openable)."""
     import openvino_genai as ov_genai
 
-    tokenizer = ov_genai.Tokenizer(str(gguf))
+    from ovllm_engine.onboard import from_gguf
+
+    with from_gguf.openable(gguf, scratch_parent) as path:
+        tokenizer = ov_genai.Tokenizer(str(path))
     return lambda text: [int(i) for i in tokenizer.encode(text, add_special_tokens=False).input_ids.data[0]]
