@@ -243,3 +243,31 @@ def test_model_dir_without_ir_stops_startup(tiny_ov_fp32, tmp_path):
     result, elapsed = serve_once(model, [], {})
     assert_one_error_line(result, [str(model), "no weights", "openvino_model.xml"])
     assert elapsed < 20
+
+
+def test_a_forked_child_of_the_server_cannot_stop_it(tiny_ov_fp32, start_server, tmp_path):
+    """`import openvino` sends OpenVINO's telemetry event from a forked child and SIGTERMs the child
+    after 3 s when the network hangs, as it does in a pod that reaches no DNS. The child inherited the
+    server's signal wakeup fd, so its SIGTERM handler wrote 15 into the server's self-pipe and the
+    server shut down at once, right after it began serving (found on the real node: a CrashLoopBackOff
+    with exit code 0). Here a proxy that accepts and never answers makes the network hang for real."""
+    import socket
+
+    proxy = socket.socket()
+    proxy.bind(("127.0.0.1", 0))
+    proxy.listen(64)
+    address = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+    # A fresh HOME (no consent file: OpenVINO's telemetry is on) and CI unset (it is off under CI=true).
+    env = {"https_proxy": address, "HTTPS_PROXY": address, "http_proxy": address, "HTTP_PROXY": address,
+           "no_proxy": "", "HOME": str(tmp_path), "CI": ""}
+    try:
+        server = start_server(tiny_ov_fp32, "--served-model-name", MODEL, env=env)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not server.process.poll() and "shutting down" not in server.log():
+            time.sleep(0.5)
+        assert server.process.poll() is None and "shutting down" not in server.log(), server.log()[-3000:]
+        reply = server.client().completions.create(model=MODEL, prompt="Hello", max_tokens=4,
+                                                   extra_body={"ignore_eos": True})
+        assert reply.usage.completion_tokens == 4
+    finally:
+        proxy.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 from aiohttp import web
@@ -42,6 +43,19 @@ def run(config: EngineConfig, host: str, port: int, api_key: str | None, shutdow
     return asyncio.run(_serve(config, host, port, api_key, shutdown_grace, limits))
 
 
+def _own_signals() -> None:
+    """In a child that a library forks from this process (OpenVINO's telemetry does, at `import
+    openvino`, and SIGTERMs it when the network hangs): the child inherits the event loop's signal
+    wakeup fd, through which its own SIGTERM would reach this server as a SIGTERM of its own and stop
+    it. The child gets the default handling back instead."""
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the child's main thread: it cannot have Python signal handlers either
+        pass
+
+
 async def _serve(config: EngineConfig, host: str, port: int, api_key: str | None, shutdown_grace: float,
                  limits: Limits) -> int:
     metrics = EngineMetrics(config.served_model_name)
@@ -57,6 +71,7 @@ async def _serve(config: EngineConfig, host: str, port: int, api_key: str | None
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    os.register_at_fork(after_in_child=_own_signals)
     engine.on_death = engine_died
     starting = asyncio.ensure_future(engine.start())
     await asyncio.sleep(0)  # the engine process is spawned and builds its pipeline...
