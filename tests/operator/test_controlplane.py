@@ -127,3 +127,27 @@ def test_the_garbage_collector_deletes_what_an_object_owns(kube, namespace, cont
         return False
 
     wait_for("the owned ConfigMap to be collected", gone, control_plane)
+
+
+# A Sapphire Rapids Xeon's flags (abridged), and an older server's without AVX-512.
+SAPPHIRE_RAPIDS = ("processor\t: 0\nflags\t\t: fpu sse2 avx f16c fma avx2 avx512f avx512dq avx512cd avx512bw "
+                   "avx512vl avx512ifma avx512vbmi avx512_vnni avx512_bf16 avx512_fp16 avx_vnni amx_bf16 "
+                   "amx_tile amx_int8\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+BROADWELL = "processor\t: 0\nflags\t\t: fpu sse2 avx f16c fma avx2\n"
+
+
+def test_the_real_nodes_cpu_labels_are_nfds_names_for_cpuinfo_flags():
+    from conftest import controlplane
+    from ovllm_operator.isa import ISA_FEATURES, NFD_PREFIX
+
+    realnode = controlplane.realnode
+    labels = realnode.cpu_labels(SAPPHIRE_RAPIDS)
+    assert set(labels.values()) == {"true"} and all(key.startswith(NFD_PREFIX) for key in labels)
+    # Every feature ovllm's ISA levels ask for is labelled on the machine that has it...
+    for features in ISA_FEATURES.values():
+        assert {NFD_PREFIX + feature for feature in features} <= set(labels)
+    assert NFD_PREFIX + "AMXINT8" in labels and NFD_PREFIX + "AVX512BF16" in labels
+    # ...and none that it lacks (the first processor's flags count).
+    older = realnode.cpu_labels(BROADWELL)
+    assert set(older) == {NFD_PREFIX + name for name in ("AVX", "AVX2", "FMA3", "F16C")}
+    assert realnode.cpu_labels("") == {}
