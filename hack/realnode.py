@@ -28,7 +28,6 @@ import shutil
 import signal
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 
 NODE_NAME = "real-0"
@@ -43,7 +42,6 @@ HOST_PACKAGES = {"containerd": Path("/usr/bin/containerd"), "runc": Path("/usr/s
                  "containernetworking-plugins": CNI_BIN_DIR / "bridge", "iptables": Path("/usr/sbin/iptables"),
                  "iproute2": Path("/usr/sbin/ip")}
 CRICTL_VERSION = "v1.37.0"
-NODE_BINARIES = ("kubelet", "kube-proxy")
 # Node Feature Discovery's cpu-cpuid names for the /proc/cpuinfo flags ovllm's ISA levels and
 # OpenVINO's kernels care about.
 CPUINFO_TO_NFD = {
@@ -396,7 +394,7 @@ def _mounts_under(*roots: Path) -> list[str]:
     return mounts
 
 
-def _netns_of(paths: Paths) -> list[str]:
+def _netns_of() -> list[str]:
     """Network namespaces of pods that are still mounted (containerd 1.6 puts them in /var/run/netns)."""
     return [point for point in _mounts_under(Path("/run/netns"), Path("/var/run/netns"))
             if Path(point).name.startswith("cni-")]
@@ -422,9 +420,9 @@ def kill_strays(paths: Paths) -> None:
 
 def unmount_all(paths: Paths) -> None:
     """Deepest first; lazily, so that a mount still busy goes once its last user does."""
-    for point in sorted(_mounts_under(paths.base, paths.containerd_root) + _netns_of(paths), key=len, reverse=True):
+    for point in sorted(_mounts_under(paths.base, paths.containerd_root) + _netns_of(), key=len, reverse=True):
         _run(["umount", "-l", point], check=False)
-    for point in _netns_of(paths):
+    for point in _netns_of():
         with contextlib.suppress(OSError):
             Path(point).unlink()
 
@@ -444,7 +442,7 @@ def leftovers(paths: Paths) -> list[str]:
     found = [f"process {pid}: {_cmdline(pid)}" for pid in _pids_with(str(paths.socket)) + _pids_with(str(paths.base))
              if Path(f"/proc/{pid}").exists()]
     found += [f"mount {point}" for point in _mounts_under(paths.base, paths.containerd_root)]
-    found += [f"network namespace {point}" for point in _netns_of(paths)]
+    found += [f"network namespace {point}" for point in _netns_of()]
     if _link_exists(BRIDGE):
         found.append(f"network device {BRIDGE}")
     found += [f"network device {link.name} (a pod's veth)" for link in Path("/sys/class/net").iterdir()
@@ -453,12 +451,6 @@ def leftovers(paths: Paths) -> list[str]:
               for chain in chains]
     found += [f"cgroup {path}" for path in _kubepods_cgroups()]
     return found
-
-
-def wait_gone(pids: list[int], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
-        time.sleep(0.1)
 
 
 def clean_host(paths: Paths, kube_proxy: Path) -> None:
