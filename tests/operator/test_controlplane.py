@@ -9,7 +9,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from conftest import FAILS_TO_CONVERT, NODES
+from conftest import FAILS_TO_CONVERT, NODES, controlplane
 
 pytestmark = pytest.mark.e2e
 
@@ -137,7 +137,6 @@ BROADWELL = "processor\t: 0\nflags\t\t: fpu sse2 avx f16c fma avx2\n"
 
 
 def test_the_real_nodes_cpu_labels_are_nfds_names_for_cpuinfo_flags():
-    from conftest import controlplane
     from ovllm_operator.isa import ISA_FEATURES, NFD_PREFIX
 
     realnode = controlplane.realnode

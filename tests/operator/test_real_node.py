@@ -312,13 +312,17 @@ def test_scaled_pods_serve_and_a_deleted_pod_is_replaced(cluster, api, served):
 def test_a_rollout_keeps_serving_without_one_failed_request(cluster, api, served):
     """A spec change rolls the engine pods (one new pod first, the old one goes once it is ready)
     while a client sends one request after another through the Service."""
+    import httpx
+
     namespace, service_url = served
     (before,) = ready_pods(api, namespace, "smollm2")
     results = {"ok": 0, "failed": []}
     stop = threading.Event()
 
     def client_loop():
-        client = openai_client(service_url)
+        # A new connection per request: what this checks is where the Service routes each one while
+        # pods come and go (a kept-alive connection stays with its pod; see the README).
+        client = openai_client(service_url, http_client=httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)))
         while not stop.is_set():
             try:
                 client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=4, temperature=0)
