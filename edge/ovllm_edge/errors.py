@@ -12,11 +12,12 @@ ERROR_TYPES = {
 }
 
 
-def error_body(status: int, message: str, param: str | None = None, code: str | int | None = None) -> dict:
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    """`code` is a string or null, as in OpenAI's errors (the status is the HTTP status, not a code)."""
     kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code if code else status}}
+    return {"error": {"message": message, "type": kind, "param": param, "code": code or None}}
 
 
-def error_response(status: int, message: str, param: str | None = None, code: str | int | None = None,
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
                    headers: dict[str, str] | None = None) -> web.Response:
     return web.json_response(error_body(status, message, param, code), status=status, headers=headers)

@@ -1,5 +1,5 @@
-"""The OpenAI-compatible HTTP API on aiohttp: /v1/models, /v1/completions, /v1/chat/completions,
-/health, /metrics, /version.
+"""The OpenAI-compatible HTTP API on aiohttp: /v1/models, /v1/models/{id}, /v1/completions,
+/v1/chat/completions, vLLM's /tokenize and /detokenize, /health, /metrics, /version.
 
 Handlers validate the request (pydantic models in protocol.py), tokenize it here in the server
 process, hand token ids to the engine process, and turn the tokens that come back into OpenAI
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -29,13 +30,36 @@ from ovllm_edge.logs import RateLimitedLog, detail
 from ovllm_edge.site import answer_unhandled, request_refusal
 from ovllm_engine import __version__
 from ovllm_engine.config import EngineConfig
-from ovllm_engine.server import generation
+from ovllm_engine.server import generation, structured
+from ovllm_engine.server.chat_output import ChoiceReader
 from ovllm_engine.server.detokenizer import find_stop
 from ovllm_engine.server.engine_client import EngineClient, EngineDead, ShuttingDown
+from ovllm_engine.server.grammar_check import GrammarChecker
 from ovllm_engine.server.limits import Limits
 from ovllm_engine.server.metrics import CONTENT_TYPE, EngineMetrics
-from ovllm_engine.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from ovllm_engine.server.protocol import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChatLogprobs,
+    CompletionChoice,
+    CompletionChunkChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    DetokenizeRequest,
+    SamplingFields,
+    StreamChunk,
+    TokenizeRequest,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+from ovllm_engine.server.reasoning import REASONING_PARSERS, ReasoningParser
 from ovllm_engine.server.tokenizer import INLINE_CHARS, TemplateError, Tokenizer
+from ovllm_engine.server.tool_parsers import TOOL_PARSERS, ToolParser, detect
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +147,19 @@ def lone_surrogate(data) -> str | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class ChatOptions:
+    """vLLM's flags for tools and reasoning models."""
+
+    tool_call_parser: str | None = None  # --tool-call-parser; None: the one the chat template implies
+    reasoning_parser: str | None = None  # --reasoning-parser
+
+
 class OpenAIServer:
     def __init__(self, config: EngineConfig, engine: EngineClient, metrics: EngineMetrics, tokenizer: Tokenizer,
-                 api_key: str | None = None, limits: Limits | None = None):
+                 api_key: str | None = None, limits: Limits | None = None, chat: ChatOptions | None = None,
+                 grammar: GrammarChecker | None = None):
+        chat = chat or ChatOptions()
         self.config = config
         self.engine = engine
         self.metrics = metrics
@@ -141,6 +175,11 @@ class OpenAIServer:
         self._idle.set()
         self.created = int(time.time())
         self.client_log = RateLimitedLog(log)
+        self.grammar = grammar or GrammarChecker()
+        parser_name = chat.tool_call_parser or detect(tokenizer.chat_template)
+        self.tool_parser: ToolParser | None = TOOL_PARSERS[parser_name]() if parser_name else None
+        self.reasoning_parser: type[ReasoningParser] | None = (
+            REASONING_PARSERS[chat.reasoning_parser] if chat.reasoning_parser else None)
 
     # -- the application -------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -149,6 +188,9 @@ class OpenAIServer:
         app.router.add_get("/metrics", self.metrics_endpoint)
         app.router.add_get("/version", self.version)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{model_id:.+}", self.model)
+        app.router.add_post("/tokenize", self.tokenize)
+        app.router.add_post("/detokenize", self.detokenize)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         return app
@@ -213,42 +255,106 @@ class OpenAIServer:
     async def version(self, request: web.Request) -> web.Response:
         return web.json_response({"version": __version__})
 
+    def _model_card(self) -> dict:
+        return {"id": self.config.served_model_name, "object": "model", "created": self.created, "owned_by": "ovllm",
+                "root": self.config.served_model_name, "max_model_len": self.config.max_model_len}
+
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{
-            "id": self.config.served_model_name, "object": "model", "created": self.created, "owned_by": "ovllm",
-            "root": self.config.served_model_name, "max_model_len": self.config.max_model_len,
-        }]})
+        return web.json_response({"object": "list", "data": [self._model_card()]})
+
+    async def model(self, request: web.Request) -> web.Response:
+        model_id = request.match_info["model_id"]
+        if model_id != self.config.served_model_name:
+            raise APIError(404, f"the model {detail(model_id)} does not exist; this server serves "
+                                f"'{self.config.served_model_name}'", "model", "model_not_found")
+        return web.json_response(self._model_card())
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's /tokenize: a prompt's or a chat's token ids, as the engine would get them."""
+        body = await self._parse(request, TokenizeRequest)
+        if body.messages is not None:
+            if not self.tokenizer.has_chat_template:
+                raise APIError(400, "this model has no chat template: send a prompt", param="messages")
+            ids = await self._chat_prompt(body.as_chat())
+        else:
+            offload = len(body.prompt) > INLINE_CHARS
+            ids = await self.tokenizer.encode_async(body.prompt, 2**31, offload, body.add_special_tokens)
+        tokens = ids if isinstance(ids, list) else []
+        return web.json_response({"count": len(tokens), "max_model_len": self.config.max_model_len, "tokens": tokens,
+                                  "token_strs": self._token_strings(tokens) if body.return_token_strs else None})
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        """vLLM's /detokenize: token ids back to text."""
+        body = await self._parse(request, DetokenizeRequest)
+        self._check_vocabulary(body.tokens, "tokens")
+        return web.json_response({"prompt": self.tokenizer.decode(body.tokens)})
 
     # -- generation ------------------------------------------------------------------------
     async def completions(self, request: web.Request) -> web.StreamResponse:
         with self._open_request():
             body = await self._parse(request, CompletionRequest)
+            plan = await self._plan(body)
             texts_or_ids = body.prompts()
             with self._admitted(len(texts_or_ids) * body.n, "prompt" if len(texts_or_ids) > 1 else "n"):
                 # many short prompts add up: the request's whole text decides where it is tokenized
                 offload = sum(len(p) for p in texts_or_ids if isinstance(p, str)) > INLINE_CHARS
                 prompts = [await self._prompt_ids(p, offload) for p in texts_or_ids]
-                return await self._serve(request, body, prompts, chat=False)
+                return await self._serve(request, body, prompts, plan)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         with self._open_request():
             body = await self._parse(request, ChatCompletionRequest)
             if not self.tokenizer.has_chat_template:
                 raise APIError(400, "this model has no chat template: use /v1/completions", param="messages")
+            plan = await self._plan(body)
             with self._admitted(body.n, "n"):
-                try:
-                    prompt = await self.tokenizer.chat_ids_async(body.template_messages(), body.add_generation_prompt,
-                                                                 self.config.max_model_len)
-                except TemplateError as exc:
-                    raise APIError(400, "the chat template could not render these messages: "
-                                        f"{public_message(exc)}", "messages") from None
-                return await self._serve(request, body, [prompt], chat=True)
+                prompt = await self._chat_prompt(body)
+                return await self._serve(request, body, [prompt], plan)
+
+    async def _chat_prompt(self, body: ChatCompletionRequest) -> list[int] | int:
+        try:
+            return await self.tokenizer.chat_ids_async(body.template_messages(), body.add_generation_prompt,
+                                                       self.config.max_model_len, tools=body.template_tools(),
+                                                       extra_context=body.chat_template_kwargs)
+        except TemplateError as exc:
+            raise APIError(400, "the chat template could not render these messages: "
+                                f"{public_message(exc)}", "messages") from None
+
+    async def _plan(self, body: SamplingFields) -> structured.Plan:
+        """The request's constraint and tool mode; a constraint is compiled once by GenAI before it can
+        reach the engine (grammar_check.py says why)."""
+        try:
+            plan = structured.plan(body, self.tool_parser)
+        except structured.Refused as exc:
+            raise APIError(400, exc.message, exc.field) from None
+        if plan.constraint is not None:
+            error = await self.grammar.check(plan.constraint)
+            if error is not None:
+                raise APIError(400, f"{plan.field}: cannot be compiled for constrained decoding: {detail(error)}",
+                               plan.field)
+        return plan
 
     async def _parse(self, request: web.Request, model: type[BaseModel]):
         if self.draining:
             raise ShuttingDown()
         if not self.engine.alive:
             raise EngineDead()
+        data = await self._read_json(request)
+        try:
+            body = model.model_validate(data)
+        except ValidationError as exc:
+            first, param = exc.errors()[0], error_param(exc.errors())
+            if first["type"] == "extra_forbidden":
+                raise APIError(400, f"unsupported field '{param}': this engine cannot honour it", param) from None
+            raise APIError(400, f"{param}: {first['msg']}" if param else first["msg"], param) from None
+        for param, message in getattr(body, "unsupported", list)():
+            raise APIError(400, message, param)
+        if body.model is not None and body.model != self.config.served_model_name:
+            raise APIError(404, f"the model {detail(body.model)} does not exist; this server serves "
+                                f"'{self.config.served_model_name}'", "model", "model_not_found")
+        return body
+
+    async def _read_json(self, request: web.Request) -> dict:
         try:
             raw = await asyncio.wait_for(request.read(), self.limits.body_timeout)
         except TimeoutError:
@@ -260,19 +366,7 @@ class OpenAIServer:
         data = parse_json(raw)
         if not isinstance(data, dict):
             raise APIError(400, "the request body must be a JSON object")
-        try:
-            body = model.model_validate(data)
-        except ValidationError as exc:
-            first, param = exc.errors()[0], error_param(exc.errors())
-            if first["type"] == "extra_forbidden":
-                raise APIError(400, f"unsupported field '{param}': this engine cannot honour it", param) from None
-            raise APIError(400, f"{param}: {first['msg']}" if param else first["msg"], param) from None
-        for param, message in body.unsupported():
-            raise APIError(400, message, param)
-        if body.model is not None and body.model != self.config.served_model_name:
-            raise APIError(404, f"the model {detail(body.model)} does not exist; this server serves "
-                                f"'{self.config.served_model_name}'", "model", "model_not_found")
-        return body
+        return data
 
     @contextlib.contextmanager
     def _open_request(self):
@@ -312,12 +406,15 @@ class OpenAIServer:
     async def _prompt_ids(self, prompt: str | list[int], offload: bool) -> list[int] | int:
         if isinstance(prompt, str):
             return await self.tokenizer.encode_async(prompt, self.config.max_model_len, offload)
-        vocab = self.vocab_size
-        for position, token_id in enumerate(prompt):
-            if not 0 <= token_id < vocab:
-                raise APIError(400, f"prompt token id {token_id} at position {position} is outside this model's "
-                                    f"vocabulary (ids 0 to {vocab - 1})", "prompt")
+        self._check_vocabulary(prompt, "prompt")
         return prompt
+
+    def _check_vocabulary(self, token_ids: list[int], param: str) -> None:
+        vocab = self.vocab_size
+        for position, token_id in enumerate(token_ids):
+            if not 0 <= token_id < vocab:
+                raise APIError(400, f"{param} token id {token_id} at position {position} is outside this model's "
+                                    f"vocabulary (ids 0 to {vocab - 1})", param)
 
     def _budget(self, body: SamplingFields, prompt: list[int] | int) -> int:
         """max_new_tokens for this prompt (its ids, or only their count when it is too long), or a
@@ -338,27 +435,45 @@ class OpenAIServer:
                                 f"maximum length of {limit} tokens", "max_tokens", "context_length_exceeded")
         return requested
 
-    def _sequences(self, body: SamplingFields, prompts: list[list[int]], arrival: float):
+    def _sequences(self, body: SamplingFields, prompts: list[list[int]], plan: structured.Plan, arrival: float):
         """One generator per choice: each prompt n times, choice index = prompt index * n + j."""
         streams = []
         budgets = [self._budget(body, p) for p in prompts]
+        # with echo and logprobs the engine also reports the prompt's logprobs
+        echo = isinstance(body, CompletionRequest) and body.echo and body.wants_logprobs()
         for prompt, budget in zip(prompts, budgets, strict=True):
+            sampling = dataclasses.replace(body.sampling(budget), constraint=plan.constraint, echo=echo)
             for j in range(body.n):
-                sampling = body.sampling(budget)
-                if sampling["seed"] is not None:
-                    sampling["seed"] += j  # n choices from one seed: reproducible, yet different
                 streams.append(generation.generate(self.engine, self.metrics, self.tokenizer.decode, prompt,
-                                                   sampling, body.stop, arrival, want_text=body.stream))
+                                                   body.with_seed_offset(sampling, j), body.stop, arrival,
+                                                   want_text=body.stream))
         return streams
 
-    async def _serve(self, request, body: SamplingFields, prompts, chat: bool):
+    async def _serve(self, request, body: SamplingFields, prompts, plan: structured.Plan):
         arrival = time.monotonic()
-        streams = self._sequences(body, prompts, arrival)
-        prefix = "chatcmpl" if chat else "cmpl"
-        response_id = f"{prefix}-{uuid.uuid4().hex}"
+        streams = self._sequences(body, prompts, plan, arrival)
+        chat = isinstance(body, ChatCompletionRequest)
+        response_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        if chat:
+            readers = [ChoiceReader(plan.tools, self._reasoning(body)) for _ in streams]
+        else:
+            readers = [self._echo_text(body, prompts[i // body.n]) for i in range(len(streams))]
         if body.stream:
-            return await self._stream(request, body, prompts, streams, response_id, chat)
-        return await self._complete(body, prompts, streams, response_id, chat)
+            return await self._stream(request, body, prompts, streams, response_id, readers)
+        return await self._complete(body, prompts, streams, response_id, readers)
+
+    def _reasoning(self, body: ChatCompletionRequest) -> ReasoningParser | None:
+        if self.reasoning_parser is None:
+            return None
+        thinking = (body.chat_template_kwargs or {}).get("enable_thinking", True)
+        return self.reasoning_parser(enable_thinking=thinking is not False)
+
+    def _echo_text(self, body: CompletionRequest, prompt_ids: list[int]) -> str:
+        """What a completion choice begins with: its prompt when echo is asked for."""
+        if not body.echo:
+            return ""
+        original = body.prompts()[0] if len(body.prompts()) == 1 else None
+        return original if isinstance(original, str) else self.tokenizer.decode(prompt_ids)
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no generation request is in flight; False if time ran out first."""
@@ -368,7 +483,7 @@ class OpenAIServer:
         except TimeoutError:
             return False
 
-    async def _complete(self, body, prompts, streams, response_id, chat) -> web.Response:
+    async def _complete(self, body, prompts, streams, response_id, readers) -> web.Response:
         results: list[generation.SequenceResult | None] = [None] * len(streams)
         try:
             async with contextlib.aclosing(generation.merge(streams)) as chunks:
@@ -377,62 +492,59 @@ class OpenAIServer:
                     result.token_ids.extend(chunk.token_ids)
                     result.logprobs.extend(chunk.logprobs or [])
                     result.finish_reason = chunk.finish_reason or result.finish_reason
+                    result.prompt_logprobs = chunk.prompt_logprobs or result.prompt_logprobs
         except generation.EngineRejected as exc:
             raise APIError(400, f"the engine refused this request: {public_message(exc)}") from None
+        chat = isinstance(body, ChatCompletionRequest)
         choices = []
         for index, result in enumerate(results):
             text = self.tokenizer.decode(result.token_ids)
             cut = find_stop(text, body.stop)
             if cut is not None:
                 text = text[:cut]
-            choices.append(self._choice(index, text, result, chat, body))
+            token_ids = result.token_ids if body.return_token_ids else None
+            if chat:
+                message, reason = readers[index].message(text, result.finish_reason)
+                choices.append(ChatChoice(index=index, message=message, finish_reason=reason, token_ids=token_ids,
+                                          logprobs=self._chat_logprobs(result.token_ids, result.logprobs, body)))
+            else:
+                prompt = prompts[index // body.n]
+                logprobs = self._completion_logprobs(body, prompt, result, readers[index])
+                choices.append(CompletionChoice(index=index, text=readers[index] + text, logprobs=logprobs,
+                                                finish_reason=result.finish_reason, token_ids=token_ids))
         completion_tokens = sum(len(r.token_ids) for r in results)
-        extra = {"prompt_token_ids": prompts[0] if len(prompts) == 1 else prompts} if body.return_token_ids else {}
-        return web.json_response({
-            "id": response_id,
-            "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": self.config.served_model_name,
-            "choices": choices,
-            "usage": self._usage(prompts, body.n, completion_tokens),
-            **extra,
-        })
-
-    def _choice(self, index: int, text: str, result, chat: bool, body) -> dict:
-        logprobs = self._logprobs(result.token_ids, result.logprobs, chat, body)
-        if chat:
-            choice = {"index": index, "message": {"role": "assistant", "content": text},
-                      "logprobs": logprobs, "finish_reason": result.finish_reason}
-        else:
-            choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": result.finish_reason}
-        if body.return_token_ids:
-            choice["token_ids"] = result.token_ids
-        return choice
+        response_type = ChatCompletionResponse if chat else CompletionResponse
+        response = response_type(
+            id=response_id, created=int(time.time()), model=self.config.served_model_name, choices=choices,
+            usage=self._usage(prompts, completion_tokens),
+            prompt_token_ids=(prompts[0] if len(prompts) == 1 else prompts) if body.return_token_ids else None)
+        return web.json_response(response.model_dump())
 
     @staticmethod
-    def _usage(prompts, n: int, completion_tokens: int) -> dict:
+    def _usage(prompts, completion_tokens: int) -> Usage:
         prompt_tokens = sum(len(p) for p in prompts)
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens}
+        return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                     total_tokens=prompt_tokens + completion_tokens)
 
-    async def _stream(self, request, body, prompts, streams, response_id, chat) -> web.StreamResponse:
+    async def _stream(self, request, body, prompts, streams, response_id, readers) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
+        chat = isinstance(body, ChatCompletionRequest)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         created = int(time.time())
-        kind = "chat.completion.chunk" if chat else "text_completion"
-        model = self.config.served_model_name
 
-        async def send(payload: dict) -> None:
-            await response.write(b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
-
-        def event(choices: list[dict]) -> dict:
-            return {"id": response_id, "object": kind, "created": created, "model": model, "choices": choices}
+        async def send(choices: list, usage: Usage | None = None) -> None:
+            chunk = StreamChunk(id=response_id, object="chat.completion.chunk" if chat else "text_completion",
+                                created=created, model=self.config.served_model_name, choices=choices, usage=usage,
+                                include_usage=include_usage)
+            await response.write(b"data: " + json.dumps(chunk.model_dump(), ensure_ascii=False).encode() + b"\n\n")
 
         if chat:  # OpenAI's first chunk announces the role
-            await send(event([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                               "finish_reason": None} for i in range(len(streams))]))
+            await send([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))
+                        for i in range(len(streams))])
         completion_tokens = 0
         held: dict[int, tuple[list[int], list[float]]] = {}  # per choice: tokens not yet sent as text
+        echoed: set[int] = set()
         try:
             async with contextlib.aclosing(generation.merge(streams)) as chunks:
                 async for index, chunk in chunks:
@@ -440,42 +552,96 @@ class OpenAIServer:
                     held_ids, held_logprobs = held.setdefault(index, ([], []))
                     held_ids.extend(chunk.token_ids)
                     held_logprobs.extend(chunk.logprobs or [])
-                    if not chunk.text and not chunk.finish_reason:
-                        continue  # tokens that end mid-character or may begin a stop string: wait for more
-                    del held[index]  # their logprobs go out with the text they completed
-                    choice = {"index": index, "logprobs": self._logprobs(held_ids, held_logprobs, chat, body),
-                              "finish_reason": chunk.finish_reason}
                     if chat:
-                        choice["delta"] = {"content": chunk.text} if chunk.text else {}
+                        choices = self._chat_stream_choices(index, chunk, readers[index], held_ids, held_logprobs,
+                                                            body)
                     else:
-                        choice["text"] = chunk.text
-                    await send(event([choice]))
-            if body.stream_options and body.stream_options.include_usage:
-                usage_event = event([])
-                usage_event["usage"] = self._usage(prompts, body.n, completion_tokens)
-                await send(usage_event)
+                        choices = self._completion_stream_choices(index, chunk, body, prompts, readers, echoed,
+                                                                  held_ids, held_logprobs)
+                    if choices:
+                        del held[index]  # their logprobs went out with the text they completed
+                    for choice in choices:
+                        await send([choice])
+            if include_usage:
+                await send([], self._usage(prompts, completion_tokens))
             await response.write(b"data: [DONE]\n\n")
         except generation.EngineRejected as exc:
-            await send(error_body(400, f"the engine refused this request: {public_message(exc)}"))
+            await self._send_error(response, error_body(400, f"the engine refused this request: "
+                                                             f"{public_message(exc)}"))
         except EngineDead:
-            await send(error_body(503, "the engine process died", code="engine_dead"))
+            await self._send_error(response, error_body(503, "the engine process died", code="engine_dead"))
         except ShuttingDown:  # the shutdown grace ended with this stream still running
-            await send(error_body(503, "the server shut down before this stream finished", code="shutting_down"))
+            await self._send_error(response, error_body(503, "the server shut down before this stream finished",
+                                                        code="shutting_down"))
         await response.write_eof()
         return response
 
-    def _logprobs(self, token_ids: list[int], logprobs: list[float] | None, chat: bool, body) -> dict | None:
-        """The sampled tokens' logprobs in the chat or the completions shape (no alternatives: the
-        pipeline reports only the sampled token's)."""
+    @staticmethod
+    async def _send_error(response: web.StreamResponse, body: dict) -> None:
+        await response.write(b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n")
+
+    def _chat_stream_choices(self, index, chunk, reader: ChoiceReader, ids, logprobs, body) -> list[ChatChunkChoice]:
+        deltas = reader.deltas(chunk.text) if chunk.text else []
+        reason = None
+        if chunk.finish_reason:
+            more, reason = reader.finish(chunk.finish_reason)
+            deltas += more
+        if not deltas and not reason:
+            return []  # held: tokens that end mid-character, may begin a stop string, or a call not yet whole
+        deltas = deltas or [ChatDelta()]
+        choices = [ChatChunkChoice(index=index, delta=delta) for delta in deltas]
+        choices[0].logprobs = self._chat_logprobs(ids, logprobs, body)
+        choices[-1].finish_reason = reason
+        return choices
+
+    def _completion_stream_choices(self, index, chunk, body, prompts, echo_texts, echoed: set[int], ids,
+                                   logprobs) -> list[CompletionChunkChoice]:
+        text = chunk.text
+        prompt = prompts[index // body.n]
+        if index not in echoed:
+            echoed.add(index)
+            text = echo_texts[index] + text
+        if not text and not chunk.finish_reason:
+            return []
+        result = generation.SequenceResult(token_ids=ids, logprobs=logprobs, prompt_logprobs=chunk.prompt_logprobs)
+        # the prompt's logprobs go out with the first chunk only; offsets count from the text sent so far
+        lp = self._completion_logprobs(body, prompt, result, echo_texts[index] if chunk.prompt_logprobs else "")
+        return [CompletionChunkChoice(index=index, text=text, logprobs=lp, finish_reason=chunk.finish_reason)]
+
+    def _token_strings(self, token_ids: list[int]) -> list[str]:
+        return [self.tokenizer.decode([t]) for t in token_ids]
+
+    def _chat_logprobs(self, token_ids: list[int], logprobs: list[float] | None, body) -> ChatLogprobs | None:
+        """The sampled tokens' logprobs; top_logprobs (at most 1, under greedy decoding) is the
+        sampled token itself, the only one the pipeline reports."""
         if not body.wants_logprobs() or not logprobs:
             return None
-        tokens = [self.tokenizer.decode([t]) for t in token_ids]
-        if chat:
-            return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
-                                for t, lp in zip(tokens, logprobs, strict=True)]}
-        return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": None, "text_offset": None}
+        entries = []
+        for token, logprob in zip(self._token_strings(token_ids), logprobs, strict=True):
+            raw = list(token.encode())
+            top = [TopLogprob(token=token, logprob=logprob, bytes=raw)] if body.top_logprobs else []
+            entries.append(TokenLogprob(token=token, logprob=logprob, bytes=raw, top_logprobs=top))
+        return ChatLogprobs(content=entries)
+
+    def _completion_logprobs(self, body: CompletionRequest, prompt: list[int], result, echo_text: str
+                             ) -> CompletionLogprobs | None:
+        """The legacy shape; with echo the prompt's tokens come first (the first has no logprob)."""
+        if not body.wants_logprobs() or not (result.logprobs or result.prompt_logprobs):
+            return None
+        token_ids, logprobs = list(result.token_ids), list(result.logprobs)
+        if echo_text and result.prompt_logprobs is not None:
+            token_ids, logprobs = prompt + token_ids, list(result.prompt_logprobs) + logprobs
+        tokens = self._token_strings(token_ids)
+        offsets, position = [], 0
+        for token in tokens:
+            offsets.append(position)
+            position += len(token)
+        top = None
+        if body.logprobs:  # 1: the sampled token is the top-1 (greedy only, see protocol.py)
+            top = [None if lp is None else {t: lp} for t, lp in zip(tokens, logprobs, strict=True)]
+        return CompletionLogprobs(tokens=tokens, token_logprobs=logprobs, top_logprobs=top, text_offset=offsets)
 
 
 def make_server(config: EngineConfig, engine: EngineClient, metrics: EngineMetrics, api_key: str | None,
-                limits: Limits, tokenizer: Tokenizer | None = None) -> OpenAIServer:
-    return OpenAIServer(config, engine, metrics, tokenizer or Tokenizer(config.model_path), api_key, limits)
+                limits: Limits, tokenizer: Tokenizer | None = None, chat: ChatOptions | None = None) -> OpenAIServer:
+    return OpenAIServer(config, engine, metrics, tokenizer or Tokenizer(config.model_path), api_key, limits, chat)

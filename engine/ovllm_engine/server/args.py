@@ -60,8 +60,30 @@ def add_parser(subparsers, help_line: str) -> None:
     )
     parser.add_argument("--max-request-mb", type=float, default=4.0, help="largest request body accepted, in MiB")
     add_limit_arguments(parser)
+    add_chat_arguments(parser)
     conversion_options.add_arguments(parser)
     parser.set_defaults(func=_run)
+
+
+# vLLM's names, so that its users' flags work unchanged (tool_parsers.py and reasoning.py hold the parsers).
+TOOL_CALL_PARSERS = ("hermes", "llama3_json", "mistral")
+REASONING_PARSER_NAMES = ("qwen3", "deepseek_r1")
+
+
+def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--enable-auto-tool-choice", action="store_true",
+                        help="let the model choose to call tools (tool_choice 'auto'; vLLM's flag); it is on whenever "
+                        "a tool-call parser is known, from --tool-call-parser or the chat template")
+    parser.add_argument("--tool-call-parser", choices=TOOL_CALL_PARSERS,
+                        help="how the model writes tool calls (default: what its chat template implies)")
+    parser.add_argument("--reasoning-parser", choices=REASONING_PARSER_NAMES,
+                        help="move the model's <think> block into reasoning_content")
+
+
+def chat_options_from(args):
+    from ovllm_engine.server.api_server import ChatOptions
+
+    return ChatOptions(tool_call_parser=args.tool_call_parser, reasoning_parser=args.reasoning_parser)
 
 
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -200,7 +222,7 @@ def _run(args) -> int:
     api_key = args.api_key or os.environ.get(API_KEY) or None
     redact(api_key)
     return run(config, host=args.host, port=args.port, api_key=api_key, shutdown_grace=args.shutdown_grace,
-               limits=limits)
+               limits=limits, chat=chat_options_from(args))
 
 
 def demo_gguf() -> Path | None:

@@ -13,10 +13,10 @@ import itertools
 import logging
 import multiprocessing
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ovllm_engine.config import EngineConfig
 from ovllm_engine.server.engine_process import engine_main
+from ovllm_engine.server.messages import Abort, AddRequest, Failed, Outputs, Ready, Sampling, Stats, Stop
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +33,8 @@ class ShuttingDown(RuntimeError):
     """The server's shutdown grace ended with this request still running."""
 
 
-@dataclass
-class Delta:
-    """What one engine step produced for one request."""
-
-    token_ids: list[int]
-    logprobs: list[float] | None
-    finish_reason: str | None
-    error: str | None = None
-    added_at: float | None = None  # when the pipeline took the request (first Delta only)
-
-
 class EngineClient:
-    def __init__(self, config: EngineConfig, on_stats: Callable[[dict], None] | None = None):
+    def __init__(self, config: EngineConfig, on_stats: Callable[[Stats], None] | None = None):
         self.config = config
         self.on_stats = on_stats or (lambda stats: None)
         self.on_death: Callable[[], None] = lambda: None
@@ -75,12 +64,12 @@ class EngineClient:
         child_conn.close()  # so that the child's death reaches us as EOF
         self._ready = self._loop.create_future()
         self._loop.add_reader(self._conn.fileno(), self._on_readable)
-        info = await self._ready
-        self.pid = info["pid"]
+        ready: Ready = await self._ready
+        self.pid = ready.pid
         self.alive = True
 
-    def add(self, prompt_ids: list[int], sampling: dict) -> tuple[int, asyncio.Queue]:
-        """Submit one sequence; its Deltas arrive on the returned queue."""
+    def add(self, prompt_ids: list[int], sampling: Sampling) -> tuple[int, asyncio.Queue]:
+        """Submit one sequence; its Outputs arrive on the returned queue."""
         if not self.alive:
             raise EngineDead("the engine process is not running")
         if self._interrupted is not None:  # a request that was still being read or tokenized
@@ -88,13 +77,13 @@ class EngineClient:
         request_id = next(self._ids)
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[request_id] = queue
-        self._send(("add", request_id, prompt_ids, sampling))
+        self._send(AddRequest(request_id, prompt_ids, sampling))
         return request_id, queue
 
     def abort(self, request_id: int) -> None:
         """Free a sequence at once (client gone, stop string found)."""
         if self._queues.pop(request_id, None) is not None and self.alive:
-            self._send(("abort", request_id))
+            self._send(Abort(request_id))
 
     def release(self, request_id: int) -> None:
         """Forget a finished sequence."""
@@ -114,14 +103,14 @@ class EngineClient:
     async def stop(self, timeout: float = 10.0) -> None:
         self._stopping = True
         if self.alive:
-            self._send(("stop",))
+            self._send(Stop())
         if self._process is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._process.join, timeout)
             if self._process.is_alive():
                 self._process.kill()
         self._detach()
 
-    def _send(self, message) -> None:
+    def _send(self, message: AddRequest | Abort | Stop) -> None:
         try:
             self._conn.send(message)
         except (BrokenPipeError, ConnectionResetError, OSError):
@@ -134,19 +123,19 @@ class EngineClient:
         except (EOFError, ConnectionResetError, OSError):
             self._died()
 
-    def _dispatch(self, message) -> None:
-        kind = message[0]
-        if kind == "out":
-            _, outputs, stats = message
-            for request_id, *fields in outputs:
-                queue = self._queues.get(request_id)
+    def _dispatch(self, message: Outputs | Ready | Failed) -> None:
+        if isinstance(message, Outputs):
+            for output in message.outputs:
+                queue = self._queues.get(output.request_id)
                 if queue is not None:
-                    queue.put_nowait(Delta(*fields))
-            self.on_stats(stats)
-        elif kind == "ready":
-            self._ready.set_result(message[1])
-        elif kind == "failed":
-            self._ready.set_exception(EngineStartFailed(message[1]))
+                    queue.put_nowait(output)
+            self.on_stats(message.stats)
+        elif isinstance(message, Ready):
+            self._ready.set_result(message)
+        elif isinstance(message, Failed):
+            self._ready.set_exception(EngineStartFailed(message.message))
+        else:
+            raise TypeError(f"unknown message {message!r}")
 
     def _died(self) -> None:
         self._detach()

@@ -2,14 +2,7 @@
 
 `ContinuousBatchingPipeline.step()` holds the Python GIL for the whole step, so the pipeline cannot
 share a process with the HTTP server: this loop runs in a child process and talks to the server
-over a pipe. Messages are plain tuples:
-
-    server -> engine   ("add", request_id, prompt_ids, sampling)   ("abort", request_id)   ("stop",)
-    engine -> server   ("ready", info)   ("failed", message)   ("out", [Output, ...], stats)
-
-An Output is (request_id, new_token_ids, new_logprobs or None, finish_reason or None, error or None,
-added_at or None): added_at, on a request's first Output, is the time.monotonic() at which the
-pipeline took it (CLOCK_MONOTONIC is shared by the processes of one machine).
+over a pipe, in the typed messages of messages.py.
 """
 
 from __future__ import annotations
@@ -22,6 +15,18 @@ import time
 from multiprocessing.connection import Connection
 
 from ovllm_engine.config import EngineConfig
+from ovllm_engine.server.messages import (
+    Abort,
+    AddRequest,
+    Constraint,
+    Failed,
+    Output,
+    Outputs,
+    Ready,
+    Sampling,
+    Stats,
+    Stop,
+)
 
 log = logging.getLogger("ovllm.engine")
 
@@ -41,30 +46,51 @@ def build_pipeline(config: EngineConfig):
     return ov_genai.ContinuousBatchingPipeline(config.model_path, scheduler, config.device, config.ov_properties())
 
 
-def generation_config(sampling: dict, defaults):
-    """A GenAI GenerationConfig from the server's sampling dict, with the model's EOS tokens."""
+def structured_output(constraint: Constraint):
+    """GenAI's StructuredOutputConfig for a constraint (compiled by xgrammar inside the pipeline)."""
+    import openvino_genai as ov_genai
+
+    structured = ov_genai.StructuredOutputConfig
+    if constraint.json_schema is not None:
+        return structured(json_schema=constraint.json_schema)
+    if constraint.regex is not None:
+        return structured(regex=constraint.regex)
+    if constraint.grammar is not None:
+        return structured(grammar=constraint.grammar)
+    tags = constraint.tags
+    return structured(structural_tags_config=structured.TriggeredTags(
+        triggers=list(tags.triggers),
+        tags=[structured.Tag(t.begin, structured.JSONSchema(t.schema), t.end) for t in tags.tags],
+        at_least_one=tags.at_least_one, stop_after_first=tags.first_only))
+
+
+def generation_config(sampling: Sampling, defaults):
+    """A GenAI GenerationConfig from the server's Sampling, with the model's EOS tokens."""
     import openvino_genai as ov_genai
 
     config = ov_genai.GenerationConfig()
     config.eos_token_id = defaults.eos_token_id
     config.stop_token_ids = set(defaults.stop_token_ids)
-    config.max_new_tokens = sampling["max_new_tokens"]
-    config.min_new_tokens = sampling["min_new_tokens"]
-    config.ignore_eos = sampling["ignore_eos"]
-    config.presence_penalty = sampling["presence_penalty"]
-    config.frequency_penalty = sampling["frequency_penalty"]
-    config.repetition_penalty = sampling["repetition_penalty"]
-    config.logprobs = 1 if sampling["logprobs"] else 0
-    if sampling["do_sample"]:
+    config.max_new_tokens = sampling.max_new_tokens
+    config.min_new_tokens = sampling.min_new_tokens
+    config.ignore_eos = sampling.ignore_eos
+    config.presence_penalty = sampling.presence_penalty
+    config.frequency_penalty = sampling.frequency_penalty
+    config.repetition_penalty = sampling.repetition_penalty
+    config.logprobs = 1 if sampling.logprobs else 0
+    config.echo = sampling.echo
+    if sampling.do_sample:
         config.do_sample = True
-        config.temperature = sampling["temperature"]
-        config.top_p = sampling["top_p"]
-        if sampling["top_k"]:
-            config.top_k = sampling["top_k"]
-        if sampling["min_p"]:
-            config.min_p = sampling["min_p"]
-        seed = sampling["seed"]
+        config.temperature = sampling.temperature
+        config.top_p = sampling.top_p
+        if sampling.top_k:
+            config.top_k = sampling.top_k
+        if sampling.min_p:
+            config.min_p = sampling.min_p
+        seed = sampling.seed
         config.rng_seed = random.getrandbits(31) if seed is None else seed % (2**32)
+    if sampling.constraint is not None:
+        config.structured_output_config = structured_output(sampling.constraint)
     config.validate()
     return config
 
@@ -83,6 +109,7 @@ class EngineLoop:
         self.defaults = pipeline.get_config()
         self.handles: dict[int, object] = {}  # GenAI request ids are numbers
         self.added_at: dict[int, float] = {}  # until the request's first Output carries it
+        self.echoed: dict[int, int] = {}  # echo requests: prompt tokens still to take off the front
         self.running = True
         self._last_stats = 0.0
 
@@ -93,7 +120,7 @@ class EngineLoop:
             if not self.handles:
                 continue
             self.pipeline.step()
-            self.conn.send(("out", self._collect(), self._stats()))
+            self.conn.send(Outputs(self._collect(), self._stats()))
 
     def _take_commands(self, block: bool) -> bool:
         timeout = IDLE_STATS_INTERVAL if block else 0
@@ -104,34 +131,43 @@ class EngineLoop:
             if block:
                 now = time.monotonic()
                 if now - self._last_stats >= IDLE_STATS_INTERVAL:
-                    self.conn.send(("out", [], self._stats()))
+                    self.conn.send(Outputs([], self._stats()))
         except (EOFError, BrokenPipeError, ConnectionResetError):
             self.running = False
             return False
         return self.running
 
-    def _handle(self, message) -> None:
-        kind = message[0]
-        if kind == "add":
-            _, request_id, prompt_ids, sampling = message
-            try:
-                config = generation_config(sampling, self.defaults)
-                input_ids = self._ov.Tensor(self._np.array([prompt_ids], dtype=self._np.int64))
-                self.handles[request_id] = self.pipeline.add_request(request_id, input_ids, config)
-                self.added_at[request_id] = time.monotonic()
-            except Exception as exc:  # a request the pipeline refuses fails alone
-                self.conn.send(("out", [(request_id, [], None, None, str(exc), None)], self._stats()))
-        elif kind == "abort":
-            handle = self.handles.pop(message[1], None)
-            self.added_at.pop(message[1], None)
+    def _handle(self, message: AddRequest | Abort | Stop) -> None:
+        if isinstance(message, AddRequest):
+            self._add(message)
+        elif isinstance(message, Abort):
+            handle = self.handles.pop(message.request_id, None)
+            self.added_at.pop(message.request_id, None)
+            self.echoed.pop(message.request_id, None)
             if handle is not None:
                 handle.cancel()
                 if not self.handles:  # idle now: report the gauges at once, not an idle interval later
-                    self.conn.send(("out", [], self._stats()))
-        elif kind == "stop":
+                    self.conn.send(Outputs([], self._stats()))
+        elif isinstance(message, Stop):
             self.running = False
+        else:
+            raise TypeError(f"unknown message {message!r}")
 
-    def _collect(self) -> list[tuple]:
+    def _add(self, message: AddRequest) -> None:
+        request_id = message.request_id
+        try:
+            config = generation_config(message.sampling, self.defaults)
+            input_ids = self._ov.Tensor(self._np.array([message.prompt_ids], dtype=self._np.int64))
+            handle = self.pipeline.add_request(request_id, input_ids, config)
+        except RuntimeError as exc:  # GenAI's own refusal of these parameters: this request fails alone
+            self.conn.send(Outputs([Output(request_id, [], None, None, error=str(exc))], self._stats()))
+            return
+        self.handles[request_id] = handle
+        self.added_at[request_id] = time.monotonic()
+        if message.sampling.echo:
+            self.echoed[request_id] = len(message.prompt_ids)
+
+    def _collect(self) -> list[Output]:
         status = self._genai.GenerationStatus
         outputs = []
         for request_id, handle in list(self.handles.items()):
@@ -152,24 +188,29 @@ class EngineLoop:
                     finish = "stop"
                 else:  # ignored (did not fit the KV cache) or dropped by the pipeline
                     error = f"the engine dropped the request ({state.name.lower()})"
-            if ids or finish or error:
+            prompt_logprobs = None
+            if request_id in self.echoed and ids:
+                # with echo GenAI's first output begins with the prompt; its first token has no logprob
+                count = self.echoed.pop(request_id)
+                prompt_logprobs = [None, *logprobs[1:count]] if logprobs else [None] * count
+                ids, logprobs = ids[count:], logprobs[count:]
+            if ids or finish or error or prompt_logprobs is not None:
                 added_at = self.added_at.pop(request_id, None)
-                outputs.append((request_id, ids, logprobs if logprobs else None, finish, error, added_at))
+                outputs.append(Output(request_id, ids, logprobs if logprobs else None, finish, error, added_at,
+                                      prompt_logprobs))
             if finish or error:
                 del self.handles[request_id]
+                self.echoed.pop(request_id, None)
         return outputs
 
-    def _stats(self) -> dict:
+    def _stats(self) -> Stats:
         self._last_stats = time.monotonic()
         metrics = self.pipeline.get_metrics()
         # The pipeline's counts describe its last step and go stale once it idles (finished and
         # aborted requests still show), so bound them by the requests this loop still holds.
         running = min(metrics.scheduled_requests, len(self.handles))
-        return {
-            "running": running,
-            "waiting": max(0, len(self.handles) - running),
-            "kv_cache_usage": metrics.cache_usage / 100.0,
-        }
+        return Stats(running=running, waiting=max(0, len(self.handles) - running),
+                     kv_cache_usage=metrics.cache_usage / 100.0)
 
 
 def engine_main(config: EngineConfig, conn: Connection, log_level: int = logging.INFO) -> None:
@@ -185,9 +226,9 @@ def engine_main(config: EngineConfig, conn: Connection, log_level: int = logging
         pipeline = build_pipeline(config)
     except Exception as exc:
         log.exception("could not load the model")
-        conn.send(("failed", f"could not load {config.model_path}: {exc}"))
+        conn.send(Failed(f"could not load {config.model_path}: {exc}"))
         return
     log.info("pipeline ready in %.1fs (engine pid %d)", time.monotonic() - started, os.getpid())
-    conn.send(("ready", {"pid": os.getpid()}))
+    conn.send(Ready(os.getpid()))
     EngineLoop(pipeline, conn).serve()
     log.info("engine process exits")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ovllm_engine.server.detokenizer import IncrementalText
 from ovllm_engine.server.engine_client import EngineClient
+from ovllm_engine.server.messages import Output, Sampling
 from ovllm_engine.server.metrics import EngineMetrics
 
 
@@ -26,6 +27,7 @@ class Chunk:
     token_ids: list[int]
     logprobs: list[float] | None
     finish_reason: str | None = None
+    prompt_logprobs: list[float | None] | None = None  # with echo and logprobs, on the first chunk
 
 
 @dataclass
@@ -33,6 +35,7 @@ class SequenceResult:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str | None = None
+    prompt_logprobs: list[float | None] | None = None
 
 
 async def generate(
@@ -40,7 +43,7 @@ async def generate(
     metrics: EngineMetrics,
     decode: Callable[[list[int]], str],
     prompt_ids: list[int],
-    sampling: dict,
+    sampling: Sampling,
     stops: list[str],
     arrival: float,
     want_text: bool = True,
@@ -58,7 +61,7 @@ async def generate(
     generated = 0
     try:
         while not finished:
-            delta = await queue.get()
+            delta: Output | Exception = await queue.get()
             if isinstance(delta, Exception):  # EngineDead, or ShuttingDown when the grace ran out
                 raise delta
             if delta.error:
@@ -93,7 +96,7 @@ async def generate(
                 else:
                     engine.release(request_id)
                 metrics.finished(finish, len(prompt_ids), generated, time.monotonic() - arrival)
-            yield Chunk(piece, delta.token_ids, delta.logprobs, finish)
+            yield Chunk(piece, delta.token_ids, delta.logprobs, finish, delta.prompt_logprobs)
     finally:
         if not finished:  # the caller went away, or the engine failed
             engine.abort(request_id)

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from ovllm_edge.site import EdgeSite
 from ovllm_engine.config import EngineConfig
-from ovllm_engine.server.api_server import make_server
+from ovllm_engine.server.api_server import ChatOptions, make_server
 from ovllm_engine.server.engine_client import EngineClient, EngineStartFailed, ShuttingDown
 from ovllm_engine.server.limits import Limits
 from ovllm_engine.server.metrics import EngineMetrics
@@ -38,9 +38,9 @@ ENGINE_STOP_SECONDS = 5.0
 
 
 def run(config: EngineConfig, host: str, port: int, api_key: str | None, shutdown_grace: float,
-        limits: Limits) -> int:
+        limits: Limits, chat: ChatOptions | None = None) -> int:
     log.info("configuration: %s", config.summary())
-    return asyncio.run(_serve(config, host, port, api_key, shutdown_grace, limits))
+    return asyncio.run(_serve(config, host, port, api_key, shutdown_grace, limits, chat or ChatOptions()))
 
 
 def _own_signals() -> None:
@@ -57,7 +57,7 @@ def _own_signals() -> None:
 
 
 async def _serve(config: EngineConfig, host: str, port: int, api_key: str | None, shutdown_grace: float,
-                 limits: Limits) -> int:
+                 limits: Limits, chat: ChatOptions) -> int:
     metrics = EngineMetrics(config.served_model_name)
     engine = EngineClient(config, on_stats=metrics.engine_stats)
     loop = asyncio.get_running_loop()
@@ -92,7 +92,9 @@ async def _serve(config: EngineConfig, host: str, port: int, api_key: str | None
         await engine.stop()
         return exit_code
 
-    server = make_server(config, engine, metrics, api_key, limits, tokenizer)
+    server = make_server(config, engine, metrics, api_key, limits, tokenizer, chat)
+    if server.tool_parser is not None:
+        log.info("tool calls are read with the %s parser", server.tool_parser.name)
     # handler_cancellation: a client that disconnects cancels its handler, which frees its sequences.
     runner = web.AppRunner(server.app(), handler_cancellation=True, shutdown_timeout=CANCEL_SECONDS)
     await runner.setup()
@@ -113,6 +115,7 @@ async def _serve(config: EngineConfig, host: str, port: int, api_key: str | None
     # Stops listening, closes connections (handlers still running get CANCEL_SECONDS, then are cancelled).
     await runner.cleanup()
     server.tokenizer.close()
+    server.grammar.close()
     await engine.stop(ENGINE_STOP_SECONDS)
     log.info("stopped (exit code %d)", exit_code)
     return exit_code

@@ -7,6 +7,8 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ovllm_engine.server.messages import Stats
+
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                    20.0, 40.0, 80.0, 160.0, 640.0)
 TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
@@ -59,10 +61,10 @@ class EngineMetrics:
     def rejected(self, reason: str) -> None:
         self.requests_rejected.labels(reason=reason, **self.labels).inc()
 
-    def engine_stats(self, stats: dict) -> None:
-        self.num_requests_running.labels(**self.labels).set(stats["running"])
-        self.num_requests_waiting.labels(**self.labels).set(stats["waiting"])
-        self.kv_cache_usage.labels(**self.labels).set(stats["kv_cache_usage"])
+    def engine_stats(self, stats: Stats) -> None:
+        self.num_requests_running.labels(**self.labels).set(stats.running)
+        self.num_requests_waiting.labels(**self.labels).set(stats.waiting)
+        self.kv_cache_usage.labels(**self.labels).set(stats.kv_cache_usage)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,6 +9,7 @@ ones, nearly all of them, inline, where a call costs microseconds rather than a 
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import signal
 from concurrent.futures import ProcessPoolExecutor
@@ -30,7 +31,8 @@ class Tokenizer:
         # One thread: tokenizer calls are small, and an idle-spinning thread pool in this process
         # would take CPU from the engine's inference threads (a decode also runs ~30% faster so).
         self._tokenizer = ov_genai.Tokenizer(model_dir, INFERENCE_NUM_THREADS=1)
-        self.has_chat_template = bool(self._tokenizer.chat_template)
+        self.chat_template = self._tokenizer.chat_template or ""
+        self.has_chat_template = bool(self.chat_template)
         self._pool: ProcessPoolExecutor | None = None
 
     # -- inline, for short texts and for decoding ----------------------------------------------
@@ -41,28 +43,34 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
 
-    def chat_ids(self, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    def chat_ids(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None,
+                 extra_context: dict | None = None) -> list[int]:
         try:
-            text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+            text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                                       tools=tools, extra_context=extra_context)
         except Exception as exc:
             raise TemplateError(str(exc)) from None
         return self.encode(text, add_special_tokens=False)  # the template wrote them already
 
     # -- off the event loop when long ----------------------------------------------------------
-    async def encode_async(self, text: str, max_tokens: int, offload: bool) -> list[int] | int:
+    async def encode_async(self, text: str, max_tokens: int, offload: bool,
+                           add_special_tokens: bool = True) -> list[int] | int:
         """The text's token ids; or, for a long text of more than max_tokens tokens, only their count
         (a million ids would cost more to send between processes than to count). offload: in the
         helper, as the caller decides (a request's texts together, against INLINE_CHARS)."""
         if not offload:
-            return self.encode(text)
-        return await self._in_helper(_helper_encode, text, max_tokens)
+            return self.encode(text, add_special_tokens)
+        return await self._in_helper(_helper_encode, text, max_tokens, add_special_tokens)
 
-    async def chat_ids_async(self, messages: list[dict], add_generation_prompt: bool,
-                             max_tokens: int) -> list[int] | int:
+    async def chat_ids_async(self, messages: list[dict], add_generation_prompt: bool, max_tokens: int,
+                             tools: list[dict] | None = None, extra_context: dict | None = None) -> list[int] | int:
         """As encode_async, for a chat rendered with the model's template."""
-        if sum(len(m["content"]) for m in messages) <= INLINE_CHARS:
-            return self.chat_ids(messages, add_generation_prompt)
-        return await self._in_helper(_helper_chat_ids, messages, add_generation_prompt, max_tokens)
+        size = sum(len(m["content"]) for m in messages) + len(json.dumps(tools or [])) + len(json.dumps(
+            [m.get("tool_calls") for m in messages]))
+        if size <= INLINE_CHARS:
+            return self.chat_ids(messages, add_generation_prompt, tools, extra_context)
+        return await self._in_helper(_helper_chat_ids, messages, add_generation_prompt, max_tokens, tools,
+                                     extra_context)
 
     async def _in_helper(self, function, *args):
         for attempt in range(2):
@@ -99,9 +107,10 @@ def _ids_or_count(ids: list[int], max_tokens: int) -> list[int] | int:
     return ids if len(ids) <= max_tokens else len(ids)
 
 
-def _helper_encode(text: str, max_tokens: int) -> list[int] | int:
-    return _ids_or_count(_helper.encode(text), max_tokens)
+def _helper_encode(text: str, max_tokens: int, add_special_tokens: bool) -> list[int] | int:
+    return _ids_or_count(_helper.encode(text, add_special_tokens), max_tokens)
 
 
-def _helper_chat_ids(messages: list[dict], add_generation_prompt: bool, max_tokens: int) -> list[int] | int:
-    return _ids_or_count(_helper.chat_ids(messages, add_generation_prompt), max_tokens)
+def _helper_chat_ids(messages: list[dict], add_generation_prompt: bool, max_tokens: int, tools: list[dict] | None,
+                     extra_context: dict | None) -> list[int] | int:
+    return _ids_or_count(_helper.chat_ids(messages, add_generation_prompt, tools, extra_context), max_tokens)
