@@ -6,21 +6,26 @@ One `ovllm serve` (the demo model SmolLM2-135M-Instruct unless --model, `--max-m
   so that each produces exactly `--max-tokens` (128) tokens;
 - phase B: the same plain requests and, started at the same moment (spread among them), `--constrained` (8)
   streamed chat requests with `response_format` json_schema (an object of string fields, an enum and a boolean),
-  temperature 0 and the same `max_tokens` but no `ignore_eos`: a JSON answer ends itself.
+  temperature 0 and the same `max_tokens` but no `ignore_eos`: a JSON answer ends itself;
+- phase C (with `--control`): the same plain requests beside the constrained requests' prompts without
+  response_format, each held to the token count its constrained twin gave in the warm-up (`ignore_eos`): B's batch
+  without a grammar. B against A mixes two costs, 8 more sequences in every step and the grammar; B against C
+  isolates the grammar's.
 
-The phases alternate A, B, A, B... (`--rounds` pairs) to spread the machine's noise over both. A warm-up first sends
-every prompt once (so that the prefix cache holds every prompt in every phase alike) and every constrained request
-(so that the grammar is compiled and cached before anything is measured).
+The phases alternate A, B(, C), A, B(, C)... (`--rounds`) to spread the machine's noise over all. A warm-up first
+sends every prompt once (so that the prefix cache holds every prompt in every phase alike) and every constrained
+request (so that the grammar is compiled and cached before anything is measured).
 
 Per phase: the plain requests' output tok/s (their tokens over the time from the start of the phase to the end of
 the last plain answer), their TPOT p50 ((last token's time - first token's time) / (tokens - 1), vLLM's definition,
 per request) and TTFT p50 (to the first chunk that carries text: the role chunk comes before any token); in B also
 the constrained requests' TPOT and TTFT p50, their token counts, and how many of their answers parse as JSON and
 validate (a strict pydantic model of the schema). Then the ratios B/A of plain tok/s and TPOT (all rounds pooled),
-and within B the constrained TPOT over the plain TPOT. Prints markdown tables; writes JSON to --out. The client runs
-on the server's machine. Exits 1 when an answer that ended by itself does not validate. Run on an idle machine:
+and within B the constrained TPOT over the plain TPOT (with C also B/C: plain tok/s and TPOT, and the constrained
+TPOT over the control's). Prints markdown tables; writes JSON to --out. The client runs on the server's machine.
+Exits 1 when a constrained answer that ended by itself does not validate. Run on an idle machine:
 
-    python benchmarks/structured_output.py --out benchmarks/results/structured_output.json
+    python benchmarks/structured_output.py --control --out benchmarks/results/structured_output.json
 """
 
 from __future__ import annotations
@@ -128,6 +133,14 @@ def constrained_bodies(count: int, max_tokens: int) -> list[dict]:
              "stream_options": {"include_usage": True}} for i in range(count)]
 
 
+def control_bodies(constrained: list[dict], token_counts: list[int]) -> list[dict]:
+    """The constrained requests without their response_format, each held to the token count its constrained twin
+    gave (`ignore_eos`): the same prompts and the same batch as phase B, with no grammar."""
+    return [{k: v for k, v in body.items() if k != "response_format"} | {"max_tokens": max(2, count),
+                                                                         "ignore_eos": True}
+            for body, count in zip(constrained, token_counts, strict=True)]
+
+
 @dataclass
 class Answer:
     tokens: int  # usage.completion_tokens
@@ -168,18 +181,18 @@ async def stream_chat(client: httpx.AsyncClient, body: dict, phase_start: float)
                   end_s=last - phase_start, finish_reason=reason, text="".join(parts))
 
 
-async def run_phase(base_url: str, plain: list[dict], constrained: list[dict]) -> tuple[list[Answer], list[Answer]]:
-    """Every request at once, the constrained ones spread evenly among the plain ones (the server admits them in
-    the order they arrive); the plain and the constrained answers."""
-    order: list[tuple[str, dict]] = [("plain", body) for body in plain]
-    for i in reversed(range(len(constrained))):  # evenly spaced, from the back so that the places stay valid
-        order.insert(i * len(plain) // len(constrained), ("constrained", constrained[i]))
+async def run_phase(base_url: str, plain: list[dict], beside: list[dict]) -> tuple[list[Answer], list[Answer]]:
+    """Every request at once, those `beside` the plain ones spread evenly among them (the server admits requests in
+    the order they arrive); the plain answers and the others."""
+    order: list[tuple[bool, dict]] = [(True, body) for body in plain]
+    for i in reversed(range(len(beside))):  # evenly spaced, from the back so that the places stay valid
+        order.insert(i * len(plain) // len(beside), (False, beside[i]))
     async with httpx.AsyncClient(base_url=base_url, timeout=1800, limits=httpx.Limits(max_connections=None)) as client:
         start = time.perf_counter()
         answers = await asyncio.gather(*(stream_chat(client, body, start) for _, body in order))
-    kinds = [kind for kind, _ in order]
-    return ([a for k, a in zip(kinds, answers, strict=True) if k == "plain"],
-            [a for k, a in zip(kinds, answers, strict=True) if k == "constrained"])
+    kinds = [is_plain for is_plain, _ in order]
+    return ([a for k, a in zip(kinds, answers, strict=True) if k],
+            [a for k, a in zip(kinds, answers, strict=True) if not k])
 
 
 def validate(text: str) -> str:
@@ -204,20 +217,111 @@ def p50(values: list[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
-def plain_figures(answers: list[Answer]) -> dict:
-    tokens, wall = sum(a.tokens for a in answers), max(a.end_s for a in answers)
-    return {"requests": len(answers), "tokens": tokens, "wall_s": round(wall, 3), "tok_s": round(tokens / wall, 2),
-            "tpot_ms_p50": ms(p50([a.tpot_s for a in answers])), "ttft_ms_p50": ms(p50([a.ttft_s for a in answers]))}
+# The phases; B's and C's requests beside the plain ones are recorded under these names.
+PHASES = {"A": "plain alone", "B": "plain + constrained", "C": "plain + unconstrained control"}
+BESIDE = {"B": "constrained", "C": "control"}
 
 
-def constrained_figures(answers: list[Answer]) -> dict:
-    verdicts = [validate(a.text) for a in answers]
-    return {"requests": len(answers), "tokens": [a.tokens for a in answers],
-            "tpot_ms_p50": ms(p50([a.tpot_s for a in answers])), "ttft_ms_p50": ms(p50([a.ttft_s for a in answers])),
-            "parsed": sum(v != "not JSON" for v in verdicts), "valid": verdicts.count("valid"),
-            "finish_reasons": dict(collections.Counter(str(a.finish_reason) for a in answers)),
-            "failures": [{"verdict": v, "finish_reason": a.finish_reason, "tokens": a.tokens, "text": a.text}
-                         for v, a in zip(verdicts, answers, strict=True) if v != "valid"]}
+def figures(phase: str, plain: list[Answer], beside: list[Answer]) -> dict:
+    """One phase's figures: the plain requests', and those of the requests beside them."""
+    tokens, wall = sum(a.tokens for a in plain), max(a.end_s for a in plain)
+    out = {"plain": {"requests": len(plain), "tokens": tokens, "wall_s": round(wall, 3),
+                     "tok_s": round(tokens / wall, 2), "tpot_ms_p50": ms(p50([a.tpot_s for a in plain])),
+                     "ttft_ms_p50": ms(p50([a.ttft_s for a in plain]))}}
+    if phase in BESIDE:
+        everything = plain + beside
+        extra = {"requests": len(beside), "tokens": [a.tokens for a in beside],
+                 "tpot_ms_p50": ms(p50([a.tpot_s for a in beside])), "ttft_ms_p50": ms(p50([a.ttft_s for a in beside])),
+                 "finish_reasons": dict(collections.Counter(str(a.finish_reason) for a in beside))}
+        if phase == "B":
+            verdicts = [validate(a.text) for a in beside]
+            extra |= {"parsed": sum(v != "not JSON" for v in verdicts), "valid": verdicts.count("valid"),
+                      "failures": [{"verdict": v, "finish_reason": a.finish_reason, "tokens": a.tokens, "text": a.text}
+                                   for v, a in zip(verdicts, beside, strict=True) if v != "valid"]}
+        out |= {BESIDE[phase]: extra, "all_tokens": sum(a.tokens for a in everything),
+                "all_wall_s": round(max(a.end_s for a in everything), 3)}
+    return out
+
+
+def pooled(runs: list[tuple[str, list[Answer], list[Answer], dict]], phase: str) -> dict | None:
+    """A phase's figures over all its rounds: tok/s from the summed tokens and walls, p50s over every request."""
+    mine = [(plain, beside, record) for name, plain, beside, record in runs if name == phase]
+    if not mine:
+        return None
+    plain = [a for p, _, _ in mine for a in p]
+    wall = sum(max(a.end_s for a in p) for p, _, _ in mine)
+    out = {"rounds": len(mine), "plain_tok_s": round(sum(a.tokens for a in plain) / wall, 2),
+           "plain_tpot_ms_p50": ms(p50([a.tpot_s for a in plain])),
+           "plain_ttft_ms_p50": ms(p50([a.ttft_s for a in plain]))}
+    if phase in BESIDE:
+        beside = [a for _, b, _ in mine for a in b]
+        all_wall = sum(max(a.end_s for a in p + b) for p, b, _ in mine)
+        out |= {"beside_tpot_ms_p50": ms(p50([a.tpot_s for a in beside])),
+                "beside_ttft_ms_p50": ms(p50([a.ttft_s for a in beside])),
+                "all_tok_s": round(sum(a.tokens for a in plain + beside) / all_wall, 2)}
+    if phase == "B":
+        out |= {"constrained_requests": len(mine[0][1]) * len(mine),
+                "constrained_parsed": sum(r["constrained"]["parsed"] for _, _, r in mine),
+                "constrained_valid": sum(r["constrained"]["valid"] for _, _, r in mine)}
+    return out
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def summarize(runs: list[tuple[str, list[Answer], list[Answer], dict]]) -> dict:
+    summary = {phase: pooled(runs, phase) for phase in PHASES}
+    a, b, c = summary["A"], summary["B"], summary["C"]
+    summary |= {"plain_tok_s_B_over_A": ratio(b["plain_tok_s"], a["plain_tok_s"]),
+                "plain_tpot_B_over_A": ratio(b["plain_tpot_ms_p50"], a["plain_tpot_ms_p50"]),
+                "plain_ttft_B_over_A": ratio(b["plain_ttft_ms_p50"], a["plain_ttft_ms_p50"]),
+                "constrained_over_plain_tpot_in_B": ratio(b["beside_tpot_ms_p50"], b["plain_tpot_ms_p50"])}
+    if c:
+        summary |= {"plain_tok_s_B_over_C": ratio(b["plain_tok_s"], c["plain_tok_s"]),
+                    "plain_tpot_B_over_C": ratio(b["plain_tpot_ms_p50"], c["plain_tpot_ms_p50"]),
+                    "constrained_over_control_tpot": ratio(b["beside_tpot_ms_p50"], c["beside_tpot_ms_p50"]),
+                    "all_tok_s_B_over_C": ratio(b["all_tok_s"], c["all_tok_s"])}
+    return summary
+
+
+def cell(value) -> str:
+    return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def tables(runs: list[tuple[str, list[Answer], list[Answer], dict]], summary: dict) -> str:
+    lines = ["| phase | round | plain tok/s | plain TPOT p50 (ms) | plain TTFT p50 (ms) | beside: TPOT p50 (ms) "
+             "| beside: TTFT p50 (ms) | beside: tokens min/median/max | valid JSON |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for phase, _, _, record in runs:
+        plain, extra = record["plain"], record.get(BESIDE.get(phase, ""))
+        row = [f"{phase} ({PHASES[phase]})", record["round"], plain["tok_s"], plain["tpot_ms_p50"],
+               plain["ttft_ms_p50"]]
+        if extra:
+            counts = extra["tokens"]
+            row += [extra["tpot_ms_p50"], extra["ttft_ms_p50"],
+                    f"{min(counts)}/{statistics.median(counts):g}/{max(counts)}",
+                    f"{extra['valid']}/{extra['requests']}" if phase == "B" else None]
+        else:
+            row += [None] * 4
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    phases = [p for p in PHASES if summary[p]]
+    pairs = [("B", "A")] + ([("B", "C")] if summary["C"] else [])
+    lines += ["", "| all rounds | " + " | ".join(f"{p}: {PHASES[p]}" for p in phases) + " | "
+              + " | ".join(f"{x}/{y}" for x, y in pairs) + " |", "| --- " * (1 + len(phases) + len(pairs)) + "|"]
+    for label, key in (("plain output tok/s", "plain_tok_s"), ("plain TPOT p50 (ms)", "plain_tpot_ms_p50"),
+                       ("plain TTFT p50 (ms)", "plain_ttft_ms_p50"),
+                       ("beside (constrained in B, control in C): TPOT p50 (ms)", "beside_tpot_ms_p50"),
+                       ("beside: TTFT p50 (ms)", "beside_ttft_ms_p50"),
+                       ("all output tok/s (plain + beside)", "all_tok_s")):
+        values = {p: summary[p].get(key, summary[p]["plain_tok_s"] if key == "all_tok_s" else None) for p in phases}
+        row = [values[p] for p in phases] + [ratio(values[x], values[y]) for x, y in pairs]
+        lines.append(f"| {label} | " + " | ".join(cell(v) for v in row) + " |")
+    b = summary["B"]
+    lines += ["", "Within B, constrained TPOT / plain TPOT (p50s): "
+              f"{cell(summary['constrained_over_plain_tpot_in_B'])}; constrained answers valid: "
+              f"{b['constrained_valid']} of {b['constrained_requests']} ({b['constrained_parsed']} parse as JSON)."]
+    return "\n".join(lines)
 
 
 @contextlib.contextmanager
@@ -236,71 +340,16 @@ def ovllm_serve(port: int, model: str | None, log: Path, *flags: str) -> Iterato
         stop(process)
 
 
-def pooled(rounds: list[dict], phase: str) -> dict:
-    """A phase's figures over all its rounds: tok/s from the summed tokens and walls, p50s of every request."""
-    mine = [r for r in rounds if r["phase"] == phase]
-    tokens, wall = sum(r["plain"]["tokens"] for r in mine), sum(r["_plain_wall_s"] for r in mine)
-    out = {"rounds": len(mine), "plain_tok_s": round(tokens / wall, 2),
-           "plain_tpot_ms_p50": ms(p50([t for r in mine for t in r["_plain_tpot_s"]])),
-           "plain_ttft_ms_p50": ms(p50([t for r in mine for t in r["_plain_ttft_s"]]))}
-    if phase == "B":
-        out |= {"constrained_tpot_ms_p50": ms(p50([t for r in mine for t in r["_constrained_tpot_s"]])),
-                "constrained_ttft_ms_p50": ms(p50([t for r in mine for t in r["_constrained_ttft_s"]])),
-                "constrained_valid": sum(r["constrained"]["valid"] for r in mine),
-                "constrained_parsed": sum(r["constrained"]["parsed"] for r in mine),
-                "constrained_requests": sum(r["constrained"]["requests"] for r in mine),
-                "all_tok_s": round(sum(r["all_tokens"] for r in mine) / sum(r["_all_wall_s"] for r in mine), 2)}
-    return out
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a is not None and b else None
-
-
-def tables(rounds: list[dict], summary: dict) -> str:
-    def cell(value) -> str:
-        return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
-
-    lines = ["| phase | round | plain tok/s | plain TPOT p50 (ms) | plain TTFT p50 (ms) | constrained TPOT p50 (ms) "
-             "| constrained TTFT p50 (ms) | constrained tokens min/median/max | valid JSON |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rounds:
-        plain, constrained = r["plain"], r.get("constrained")
-        row = [r["phase"], r["round"], plain["tok_s"], plain["tpot_ms_p50"], plain["ttft_ms_p50"]]
-        if constrained:
-            counts = constrained["tokens"]
-            row += [constrained["tpot_ms_p50"], constrained["ttft_ms_p50"],
-                    f"{min(counts)}/{statistics.median(counts):g}/{max(counts)}",
-                    f"{constrained['valid']}/{constrained['requests']}"]
-        else:
-            row += [None] * 4
-        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
-    a, b = summary["A"], summary["B"]
-    lines += ["", "| all rounds | A: plain alone | B: plain + constrained | B/A |", "| --- | --- | --- | --- |",
-              f"| plain output tok/s | {cell(a['plain_tok_s'])} | {cell(b['plain_tok_s'])} | "
-              f"{cell(summary['plain_tok_s_B_over_A'])} |",
-              f"| plain TPOT p50 (ms) | {cell(a['plain_tpot_ms_p50'])} | {cell(b['plain_tpot_ms_p50'])} | "
-              f"{cell(summary['plain_tpot_B_over_A'])} |",
-              f"| plain TTFT p50 (ms) | {cell(a['plain_ttft_ms_p50'])} | {cell(b['plain_ttft_ms_p50'])} | "
-              f"{cell(summary['plain_ttft_B_over_A'])} |",
-              f"| constrained TPOT p50 (ms) | - | {cell(b['constrained_tpot_ms_p50'])} | - |",
-              f"| constrained TTFT p50 (ms) | - | {cell(b['constrained_ttft_ms_p50'])} | - |",
-              f"| all output tok/s (plain + constrained) | {cell(a['plain_tok_s'])} | {cell(b['all_tok_s'])} | "
-              f"{cell(ratio(b['all_tok_s'], a['plain_tok_s']))} |",
-              "", "Within B, constrained TPOT / plain TPOT (p50s): "
-              f"{cell(summary['constrained_over_plain_tpot_in_B'])}; "
-              f"constrained answers valid: {b['constrained_valid']} of {b['constrained_requests']} "
-              f"({b['constrained_parsed']} parse as JSON)."]
-    return "\n".join(lines)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="what `ovllm serve` serves (default: its demo model)")
     parser.add_argument("--plain", type=int, default=32, help="concurrent plain requests per phase")
     parser.add_argument("--constrained", type=int, default=8, help="concurrent json_schema requests in phase B")
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=2, help="pairs of phases A, B")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the phases A, B (and C)")
+    parser.add_argument("--control", action="store_true",
+                        help="also phase C: the plain requests beside the constrained ones' prompts unconstrained, "
+                        "each held to its constrained twin's token count (the same batch as B without a grammar)")
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--port", type=int, default=8942)
     parser.add_argument("--log", type=Path, default=Path("/tmp/ovllm-structured-output-serve.log"),
@@ -316,60 +365,42 @@ def main() -> int:
     plain = plain_bodies(args.plain, args.max_tokens)
     constrained = constrained_bodies(args.constrained, args.max_tokens)
     flags = ["--max-model-len", str(args.max_model_len)]
-    rounds: list[dict] = []
+    phases = ["A", "B", "C"] if args.control else ["A", "B"]
+    runs: list[tuple[str, list[Answer], list[Answer], dict]] = []
     with ovllm_serve(args.port, args.model, args.log, *flags) as server:
         # Warm-up: every prompt's prefix cached, the grammar compiled, before anything is measured.
-        warm_plain = [{**body, "max_tokens": 4} for body in plain]
-        _, warm_constrained = asyncio.run(run_phase(base, warm_plain, constrained))
-        print(f"warm-up: constrained answers {[validate(a.text) for a in warm_constrained]}", file=sys.stderr,
-              flush=True)
+        _, warm = asyncio.run(run_phase(base, [{**body, "max_tokens": 4} for body in plain], constrained))
+        print(f"warm-up: constrained answers {[validate(a.text) for a in warm]}, tokens {[a.tokens for a in warm]}",
+              file=sys.stderr, flush=True)
+        beside = {"A": [], "B": constrained, "C": control_bodies(constrained, [a.tokens for a in warm])}
         for number in range(1, args.rounds + 1):
-            for phase in ("A", "B"):
-                plain_answers, constrained_answers = asyncio.run(
-                    run_phase(base, plain, constrained if phase == "B" else []))
+            for phase in phases:
+                plain_answers, beside_answers = asyncio.run(run_phase(base, plain, beside[phase]))
                 wrong = [a.tokens for a in plain_answers if a.tokens != args.max_tokens]
                 if wrong:
                     raise RuntimeError(f"plain requests with ignore_eos produced {wrong} tokens, not {args.max_tokens}")
-                record = {"phase": phase, "round": number, "plain": plain_figures(plain_answers),
-                          "_plain_wall_s": max(a.end_s for a in plain_answers),
-                          "_plain_tpot_s": [a.tpot_s for a in plain_answers],
-                          "_plain_ttft_s": [a.ttft_s for a in plain_answers]}
-                if phase == "B":
-                    everything = plain_answers + constrained_answers
-                    record |= {"constrained": constrained_figures(constrained_answers),
-                               "_constrained_tpot_s": [a.tpot_s for a in constrained_answers],
-                               "_constrained_ttft_s": [a.ttft_s for a in constrained_answers],
-                               "all_tokens": sum(a.tokens for a in everything),
-                               "all_wall_s": round(max(a.end_s for a in everything), 3),
-                               "_all_wall_s": max(a.end_s for a in everything)}
-                rounds.append(record)
-                print(f"round {number} phase {phase}: " + json.dumps(
-                    {k: v for k, v in record.items() if not k.startswith("_")} | (
-                        {"constrained": {k: v for k, v in record["constrained"].items() if k != "failures"}}
-                        if phase == "B" else {})), flush=True)
+                record = {"phase": phase, "round": number} | figures(phase, plain_answers, beside_answers)
+                runs.append((phase, plain_answers, beside_answers, record))
+                brief = {k: ({n: x for n, x in v.items() if n != "failures"} if isinstance(v, dict) else v)
+                         for k, v in record.items()}
+                print(f"round {number} phase {phase}: {json.dumps(brief)}", flush=True)
         assert server.poll() is None, "ovllm serve died during the benchmark"
-    summary = {"A": pooled(rounds, "A"), "B": pooled(rounds, "B")}
-    summary |= {"plain_tok_s_B_over_A": ratio(summary["B"]["plain_tok_s"], summary["A"]["plain_tok_s"]),
-                "plain_tpot_B_over_A": ratio(summary["B"]["plain_tpot_ms_p50"], summary["A"]["plain_tpot_ms_p50"]),
-                "plain_ttft_B_over_A": ratio(summary["B"]["plain_ttft_ms_p50"], summary["A"]["plain_ttft_ms_p50"]),
-                "constrained_over_plain_tpot_in_B": ratio(summary["B"]["constrained_tpot_ms_p50"],
-                                                          summary["B"]["plain_tpot_ms_p50"])}
-    report = tables(rounds, summary)
+    summary = summarize(runs)
+    report = tables(runs, summary)
     print(report)
     # machine(): lscpu's model name, the CPU's ISA flags, cores, memory, OpenVINO's version (its llama.cpp build
     # options are not about this benchmark).
     host = {k: v for k, v in machine().items() if not k.startswith("cmake_") and k != "build_key"}
-    figures = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    results = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "server": {"model": args.model or "demo (SmolLM2-135M-Instruct Q4_1 GGUF)", "flags": flags},
                "machine": host | {"openvino_genai": openvino_genai.__version__},
-               "schema": SCHEMA, "summary": summary,
-               "rounds": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rounds],
-               "markdown": report}
+               "schema": SCHEMA, "control_max_tokens": [b["max_tokens"] for b in beside["C"]] if args.control else None,
+               "summary": summary, "rounds": [record for *_, record in runs], "markdown": report}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
     # An answer that ended by itself must be valid; one cut at max_tokens may not be (it is counted, not failed).
-    broken = [f for r in rounds if "constrained" in r for f in r["constrained"]["failures"]
+    broken = [f for *_, r in runs for f in r.get("constrained", {}).get("failures", [])
               if f["finish_reason"] != "length"]
     return 1 if broken else 0
 

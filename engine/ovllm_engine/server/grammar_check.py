@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 # request batched with it in the engine for as long.
 CHECK_TIMEOUT = 10.0
 REMEMBERED = 512  # verdicts kept
-# xgrammar's messages begin with a timestamp and a source location: "[17:43:29] /path/x.cc:898: ".
-XGRAMMAR_PREFIX = re.compile(r"^\s*(\[[\d:]+\]\s*)?\S*\.(cc|cpp|h):\d+:\s*")
+# xgrammar's and GenAI's messages begin with a timestamp or "Exception from", and a source location:
+# "[17:43:29] /path/x.cc:898: ", "Exception from /path/x.cpp:62:\n".
+SOURCE_PREFIX = re.compile(r"^\s*(\[[\d:]+\]\s*|Exception from\s+)?\S*\.(cc|cpp|hpp|h):\d+:\s*")
+MAX_MESSAGE_CHARS = 300
 
 
 class GrammarChecker:
@@ -91,9 +93,11 @@ class GrammarChecker:
 
 
 def public_error(message: str) -> str:
-    """xgrammar's message without its timestamp and build path."""
-    first = message.strip().splitlines()[0] if message.strip() else "it could not be compiled"
-    return XGRAMMAR_PREFIX.sub("", first).strip()
+    """xgrammar's message without timestamps and build paths, in one line of bounded length (it may
+    quote the whole schema)."""
+    lines = [SOURCE_PREFIX.sub("", line).strip() for line in message.splitlines()]
+    text = " ".join(line for line in lines if line) or "it could not be compiled"
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + "..."
 
 
 # -- the helper process ---------------------------------------------------------------------------
