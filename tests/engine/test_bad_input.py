@@ -60,8 +60,11 @@ BAD_REQUESTS = [
      {"json": {"model": "tiny", "prompt": "hi", "temperature": -0.5}}, 400, "temperature", None),
     ("negative-temperature-chat", "POST", CHAT,
      {"json": {"model": "tiny", "messages": USER, "temperature": -1}}, 400, "temperature", None),
-    ("tools", "POST", CHAT, {"json": {"model": "tiny", "messages": USER, "tools": [
-        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}}, 400, "tools", None),
+    ("tool-without-name", "POST", CHAT, {"json": {"model": "tiny", "messages": USER, "tools": [
+        {"type": "function", "function": {"parameters": {"type": "object"}}}]}}, 400, "tools.0.function.name", None),
+    ("schema-that-cannot-compile", "POST", CHAT, {"json": {"model": "tiny", "messages": USER, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}}}, 400,
+     "response_format.json_schema.schema", None),
     ("unknown-field", "POST", COMPLETIONS, {"json": {"model": "tiny", "prompt": "hi", "frobnicate": 1}},
      400, "frobnicate", None),
     ("body-8mb", "POST", COMPLETIONS, {"content": BIG_BODY, "headers": {"Content-Type": "application/json"}},
@@ -130,6 +133,7 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
         assert error["param"] == param, error
     if code is not None:
         assert error["code"] == code, error
+    assert error["code"] is None or isinstance(error["code"], str), error  # as in OpenAI's errors
     return error
 
 

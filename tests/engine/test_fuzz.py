@@ -32,9 +32,10 @@ RAW_FUZZ = settings(FUZZ, max_examples=3 * EXAMPLES)
 
 SAMPLING = ["max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "n", "stream",
             "stream_options", "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs",
-            "ignore_eos", "min_tokens", "user", "logit_bias", "best_of", "stop_token_ids", "skip_special_tokens"]
-CHAT_FIELDS = ["max_completion_tokens", "top_logprobs", "tools", "tool_choice", "response_format",
-               "add_generation_prompt", "chat_template_kwargs", "parallel_tool_calls"]
+            "ignore_eos", "min_tokens", "user", "logit_bias", "best_of", "stop_token_ids", "skip_special_tokens",
+            "response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar"]
+CHAT_FIELDS = ["max_completion_tokens", "top_logprobs", "tools", "tool_choice", "add_generation_prompt",
+               "chat_template_kwargs", "parallel_tool_calls"]
 
 texts = st.one_of(st.text(max_size=40), st.sampled_from(["\ud800", "a\udfffb", "\x00", "🙂" * 3, " " * 50]))
 integers = st.one_of(st.integers(-3, 40), st.sampled_from([-(2**63) - 1, 2**31, 2**63, 2**64, 10**40]))
