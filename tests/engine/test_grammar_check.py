@@ -103,3 +103,28 @@ def test_a_constraint_that_takes_too_long_is_refused_and_the_checker_recovers(ch
     slow, fine = asyncio.run(run())
     assert slow == "it did not compile within 0.001s"
     assert fine is None
+
+
+def test_with_the_served_models_tokenizer_and_a_client_that_goes_away_mid_check(smollm2_gguf):
+    """The helper compiles against the served model's vocabulary. A check whose client disconnects
+    (its handler cancelled) still runs to its end before the next one starts: the next verdict is
+    the next constraint's own."""
+    props = {f"p{i}": {"type": "string", "pattern": "[a-z]+[0-9]{2}"} for i in range(60)}
+    slow = Constraint(json_schema=json.dumps({"type": "object", "properties": props, "required": list(props)}))
+
+    async def run():
+        checker = GrammarChecker(str(smollm2_gguf), 49152, timeout=60)
+        try:
+            assert await checker.check(GOOD_SCHEMA) is None  # started, built, warm
+            abandoned = asyncio.ensure_future(checker.check(slow))
+            await asyncio.sleep(0.01)
+            abandoned.cancel()
+            bad = await checker.check(Constraint(grammar="root ::= undefined_rule"))
+            good = await checker.check(Constraint(regex="[A-Z][a-z]+"))
+            return bad, good, checker._verdicts.get(slow, "not remembered")
+        finally:
+            checker.close()
+
+    bad, good, slow_verdict = asyncio.run(run())
+    assert bad is not None and "undefined_rule" in bad
+    assert good is None and slow_verdict is None

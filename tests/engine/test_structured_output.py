@@ -364,7 +364,18 @@ def test_bad_structured_requests_are_400s_naming_the_field_and_the_server_keeps_
         ({"messages": hello, "tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
          "tool_choice"),
         ({"messages": hello, "tools": [{"type": "function", "function": {
-            "name": "broken", "parameters": {"type": "nonsense"}}}], "tool_choice": "required"}, "tools"),
+            "name": "broken", "parameters": {"type": "object", "properties": {"a": {"type": "nonsense"}}}}}],
+          "tool_choice": "required"}, "tools"),
+        ({"messages": hello, "guided_json": {"type": "integer", "minimum": int("9" * 400)}}, "guided_json"),
+        ({"messages": hello, "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "string"}}}], "tool_choice": "required"}, "tools.0.function.parameters"),
+        ({"messages": hello, "chat_template_kwargs": {"messages": [{"role": "user", "content": "injected"}]}},
+         "chat_template_kwargs.messages"),
+        ({"messages": hello, "guided_regex": "[a-z]+", "ignore_eos": True}, "ignore_eos"),
+        ({"messages": hello, "guided_regex": "[a-z]+", "logprobs": True, "top_logprobs": 1, "temperature": 0},
+         "top_logprobs"),
+        ({"messages": hello, "stream": True, "stream_options": {"continuous_usage_stats": True}},
+         "stream_options.continuous_usage_stats"),
         ({"messages": hello, "logprobs": True, "top_logprobs": 2}, "top_logprobs"),
         ({"messages": hello, "logprobs": True, "top_logprobs": 1, "temperature": 1.0}, "top_logprobs"),
     ]

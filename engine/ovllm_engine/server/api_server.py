@@ -175,7 +175,7 @@ class OpenAIServer:
         self._idle.set()
         self.created = int(time.time())
         self.client_log = RateLimitedLog(log)
-        self.grammar = grammar or GrammarChecker()
+        self.grammar = grammar or GrammarChecker(config.model_path, config.vocab_size)
         parser_name = chat.tool_call_parser or detect(tokenizer.chat_template)
         self.tool_parser: ToolParser | None = TOOL_PARSERS[parser_name]() if parser_name else None
         self.reasoning_parser: type[ReasoningParser] | None = (
@@ -275,7 +275,7 @@ class OpenAIServer:
         if body.messages is not None:
             if not self.tokenizer.has_chat_template:
                 raise APIError(400, "this model has no chat template: send a prompt", param="messages")
-            ids = await self._chat_prompt(body.as_chat())
+            ids = await self._chat_prompt(body.as_chat(), max_tokens=2**31)
         else:
             offload = len(body.prompt) > INLINE_CHARS
             ids = await self.tokenizer.encode_async(body.prompt, 2**31, offload, body.add_special_tokens)
@@ -293,9 +293,9 @@ class OpenAIServer:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         with self._open_request():
             body = await self._parse(request, CompletionRequest)
-            plan = await self._plan(body)
             texts_or_ids = body.prompts()
             with self._admitted(len(texts_or_ids) * body.n, "prompt" if len(texts_or_ids) > 1 else "n"):
+                plan = await self._plan(body)
                 # many short prompts add up: the request's whole text decides where it is tokenized
                 offload = sum(len(p) for p in texts_or_ids if isinstance(p, str)) > INLINE_CHARS
                 prompts = [await self._prompt_ids(p, offload) for p in texts_or_ids]
@@ -306,15 +306,17 @@ class OpenAIServer:
             body = await self._parse(request, ChatCompletionRequest)
             if not self.tokenizer.has_chat_template:
                 raise APIError(400, "this model has no chat template: use /v1/completions", param="messages")
-            plan = await self._plan(body)
             with self._admitted(body.n, "n"):
+                plan = await self._plan(body)
                 prompt = await self._chat_prompt(body)
                 return await self._serve(request, body, [prompt], plan)
 
-    async def _chat_prompt(self, body: ChatCompletionRequest) -> list[int] | int:
+    async def _chat_prompt(self, body: ChatCompletionRequest, max_tokens: int | None = None) -> list[int] | int:
+        """The chat's token ids; only their count past max_tokens (default: the model's length)."""
         try:
             return await self.tokenizer.chat_ids_async(body.template_messages(), body.add_generation_prompt,
-                                                       self.config.max_model_len, tools=body.template_tools(),
+                                                       max_tokens or self.config.max_model_len,
+                                                       tools=body.template_tools(),
                                                        extra_context=body.chat_template_kwargs)
         except TemplateError as exc:
             raise APIError(400, "the chat template could not render these messages: "
@@ -328,6 +330,15 @@ class OpenAIServer:
         except structured.Refused as exc:
             raise APIError(400, exc.message, exc.field) from None
         if plan.constraint is not None:
+            if body.top_logprobs_asked():
+                raise APIError(400, "top logprobs under constrained decoding: the engine reports the sampled "
+                                    "token's logprob before the constraint's mask, so the sampled token need not "
+                                    "be the most likely one", "top_logprobs" if isinstance(body, ChatCompletionRequest)
+                               else "logprobs")
+            if body.ignore_eos or body.min_tokens:
+                raise APIError(400, "ignore_eos and min_tokens cannot be combined with constrained decoding: they "
+                                    "would make the model write past the end of the constrained answer",
+                               "ignore_eos" if body.ignore_eos else "min_tokens")
             error = await self.grammar.check(plan.constraint)
             if error is not None:
                 raise APIError(400, f"{plan.field}: cannot be compiled for constrained decoding: {detail(error)}",

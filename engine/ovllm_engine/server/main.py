@@ -93,6 +93,7 @@ async def _serve(config: EngineConfig, host: str, port: int, api_key: str | None
         return exit_code
 
     server = make_server(config, engine, metrics, api_key, limits, tokenizer, chat)
+    server.grammar.start()  # builds its pipeline while the server starts answering
     if server.tool_parser is not None:
         log.info("tool calls are read with the %s parser", server.tool_parser.name)
     # handler_cancellation: a client that disconnects cancels its handler, which frees its sequences.

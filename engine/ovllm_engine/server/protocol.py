@@ -24,6 +24,8 @@ TokenCount = Annotated[int, Field(ge=1, le=INT32_MAX)]
 # refused rather than left to stall the engine's step.
 MAX_CONSTRAINT_CHARS = 64 * 1024
 MAX_TOOLS = 128
+# What a chat template reads from the request itself: chat_template_kwargs may not replace it.
+RESERVED_TEMPLATE_KEYS = frozenset({"messages", "tools", "add_generation_prompt", "documents", "chat_template"})
 MAX_CHOICES = 256
 
 
@@ -154,6 +156,9 @@ class SamplingFields(BaseModel):
             problems.append(("logit_bias", "logit_bias is not supported by the OpenVINO engine"))
         if self.stream_options is not None and not self.stream:
             problems.append(("stream_options", "stream_options is only allowed when stream is true"))
+        if self.stream_options is not None and self.stream_options.continuous_usage_stats:
+            problems.append(("stream_options.continuous_usage_stats", "continuous_usage_stats is not supported: "
+                                                                      "include_usage gives the totals at the end"))
         return problems
 
     def wants_logprobs(self) -> bool:
@@ -161,6 +166,9 @@ class SamplingFields(BaseModel):
 
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    def top_logprobs_asked(self) -> bool:
+        return False
 
     def sampling(self, max_new_tokens: int) -> Sampling:
         """Sampling parameters for the engine process (without the constraint, added by the server)."""
@@ -227,6 +235,9 @@ class CompletionRequest(SamplingFields):
 
     def wants_logprobs(self) -> bool:
         return self.logprobs is not None  # 0 asks for the sampled tokens' logprobs alone
+
+    def top_logprobs_asked(self) -> bool:
+        return bool(self.logprobs)
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts of this request: one text or token list each."""
@@ -305,8 +316,17 @@ class FunctionDefinition(BaseModel):
     parameters: dict | None = None
     strict: bool | None = None
 
+    @field_validator("parameters")
+    @classmethod
+    def _object_schema(cls, value):
+        if value is not None and value.get("type", "object") != "object":
+            raise ValueError("a function's parameters must be a JSON Schema of type object (its arguments are an "
+                             "object)")
+        return value
+
     def parameters_schema(self) -> str:
-        return json.dumps(self.parameters if self.parameters is not None else {"type": "object"}, ensure_ascii=False)
+        """The arguments' schema: an object, also when the schema leaves out `type` (or is empty)."""
+        return json.dumps({"type": "object", **(self.parameters or {})}, ensure_ascii=False)
 
 
 class Tool(BaseModel):
@@ -358,6 +378,9 @@ class ChatCompletionRequest(SamplingFields):
                                                                    "call it answers"))
             if message.tool_calls and message.role != "assistant":
                 problems.append((f"messages.{index}.tool_calls", "only assistant messages carry tool_calls"))
+        for key in RESERVED_TEMPLATE_KEYS & set(self.chat_template_kwargs or {}):
+            problems.append((f"chat_template_kwargs.{key}", f"'{key}' comes from the request's own field, not from "
+                                                            "chat_template_kwargs"))
         names = [tool.function.name for tool in self.tools or []]
         if len(set(names)) != len(names):
             problems.append(("tools", "two tools have the same function name"))
@@ -374,6 +397,9 @@ class ChatCompletionRequest(SamplingFields):
 
     def wants_logprobs(self) -> bool:
         return self.logprobs
+
+    def top_logprobs_asked(self) -> bool:
+        return bool(self.top_logprobs)
 
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -407,7 +433,7 @@ class TokenizeRequest(BaseModel):
     def unsupported(self) -> list[tuple[str, str]]:
         if (self.prompt is None) == (self.messages is None):
             return [("prompt", "send either prompt or messages")]
-        return []
+        return self.as_chat().unsupported() if self.messages is not None else []
 
     def as_chat(self) -> ChatCompletionRequest:
         return ChatCompletionRequest(messages=self.messages, add_generation_prompt=self.add_generation_prompt,
