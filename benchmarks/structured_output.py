@@ -46,22 +46,14 @@ from typing import Literal
 
 import httpx
 from compare import OVLLM, machine, require_free_port, stop, wait_ready  # this folder's helpers
+from gguf_agreement import CHAT_SHORT
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 HERE = Path(__file__).resolve().parent
 CHAT = "/v1/chat/completions"
 
 QUESTIONS = [
-    "What is the capital of France?",
-    "Write a haiku about autumn rain.",
-    "Explain in two sentences why the sky is blue.",
-    "List three fruits that are red.",
-    "How many legs does a spider have?",
-    "Translate 'good morning' into Spanish.",
-    "Give me a name for a friendly robot.",
-    "What is 12 times 7?",
-    "Describe a cat to someone who has never seen one.",
-    "What should I pack for a weekend hiking trip?",
+    *CHAT_SHORT,
     "Why do leaves change color in the fall?",
     "Suggest a title for a mystery novel set on a train.",
     "How does a bicycle stay upright?",

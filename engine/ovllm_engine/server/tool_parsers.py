@@ -204,6 +204,9 @@ class _MarkerToolParser(ToolParser):
 
     marker: ClassVar[str] = ""
 
+    def triggers(self) -> list[str]:
+        return [self.marker]
+
     def _step(self, text: str, final: bool, state: str) -> _Step | None:
         start = text.find(self.marker)
         if start < 0:
@@ -234,9 +237,6 @@ class HermesToolParser(_MarkerToolParser):
 
     def tag(self, tool_name: str, parameters_schema: dict) -> tuple[str, str]:
         return f'<tool_call>\n{{"name": "{_name(tool_name)}", "arguments": ', "}\n</tool_call>"
-
-    def triggers(self) -> list[str]:
-        return [self.marker]
 
     def _at_marker(self, text: str, final: bool) -> tuple[int, list[ToolCall] | None] | None:
         start = _skip_ws(text, len(self.marker))
@@ -310,9 +310,6 @@ class MistralToolParser(_MarkerToolParser):
 
     def tag(self, tool_name: str, parameters_schema: dict) -> tuple[str, str]:
         return f'[TOOL_CALLS][{{"name": "{_name(tool_name)}", "arguments": ', "}]"
-
-    def triggers(self) -> list[str]:
-        return [self.marker]
 
     def _at_marker(self, text: str, final: bool) -> tuple[int, list[ToolCall] | None] | None:
         start = _skip_ws(text, len(self.marker))
