@@ -87,13 +87,24 @@ def _builds_with_buildkit(cli: str) -> bool:
     return bool(match) and int(match.group(1)) < 23
 
 
+
+def debian_packages():
+    """hack/debian_packages.py, loaded by path: hack/ is no package, and this file is run as a script or
+    loaded by path itself. One apt-get at a time (the control plane installs packages meanwhile)."""
+    import importlib.util
+
+    path = Path(__file__).with_name("debian_packages.py")
+    spec = importlib.util.spec_from_file_location("ovllm_debian_packages", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _apt_install(*packages: str) -> None:
     if os.geteuid() != 0:
         raise SystemExit(f"images: {', '.join(packages)} missing; install them (apt-get install {' '.join(packages)})")
     log(f"installing {', '.join(packages)} from Debian's packages")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    _run(["apt-get", "update", "-qq"], env=env)
-    _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=env)
+    debian_packages().install(*packages)
 
 
 def docker_cli() -> str:

@@ -79,18 +79,26 @@ def why_not_here() -> str | None:
 
 # ---------------------------------------------------------------------------------------- install
 
+
+def debian_packages():
+    """hack/debian_packages.py, loaded by path: hack/ is no package, and this file is run as a script or
+    loaded by path itself. One apt-get at a time (the images may be installing Docker meanwhile)."""
+    import importlib.util
+
+    path = Path(__file__).with_name("debian_packages.py")
+    spec = importlib.util.spec_from_file_location("ovllm_debian_packages", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def install_host_packages() -> None:
     lacking = missing_host_packages()
     if not lacking:
         return
     if os.geteuid() != 0:
         raise SystemExit(f"install them as root: apt-get install {' '.join(lacking)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                                                   *lacking]):
-        result = subprocess.run(command, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise SystemExit(f"failed: {' '.join(command)}\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    debian_packages().install(*lacking)  # one apt-get at a time: the images may be installing Docker meanwhile
 
 
 def build_pause(k8s_source: Path, out: Path, version: str) -> None:
