@@ -230,6 +230,12 @@ def test_echo_puts_the_prompt_and_its_logprobs_first():
     assert choice["logprobs"]["token_logprobs"] == [None, -1.0, -0.5, -0.5]
     assert choice["logprobs"]["text_offset"] == [0, 1, 2, 3]
     assert choice["logprobs"]["top_logprobs"] == [None, {"b": -1.0}, {"c": -0.5}, {"d": -0.5}]
+    status, events = call(FakeEngine("cd"), {"prompt": "ab", "echo": True, "logprobs": 0, "stream": True},
+                          path="/v1/completions")
+    chunks = [e["choices"][0] for e in events]
+    assert "".join(c["text"] for c in chunks) == "abcd"
+    offsets = [o for c in chunks for o in c["logprobs"]["text_offset"]]
+    assert offsets == [0, 1, 2, 3], offsets  # counted from the choice's start, across chunks
 
 
 def test_models_by_id():

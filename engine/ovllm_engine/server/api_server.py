@@ -555,7 +555,7 @@ class OpenAIServer:
                         for i in range(len(streams))])
         completion_tokens = 0
         held: dict[int, tuple[list[int], list[float]]] = {}  # per choice: tokens not yet sent as text
-        echoed: set[int] = set()
+        sent: dict[int, int] = {}  # per completion choice: characters of text sent (text_offset counts from 0)
         try:
             async with contextlib.aclosing(generation.merge(streams)) as chunks:
                 async for index, chunk in chunks:
@@ -567,7 +567,7 @@ class OpenAIServer:
                         choices = self._chat_stream_choices(index, chunk, readers[index], held_ids, held_logprobs,
                                                             body)
                     else:
-                        choices = self._completion_stream_choices(index, chunk, body, prompts, readers, echoed,
+                        choices = self._completion_stream_choices(index, chunk, body, prompts, readers, sent,
                                                                   held_ids, held_logprobs)
                     if choices:
                         del held[index]  # their logprobs went out with the text they completed
@@ -605,18 +605,20 @@ class OpenAIServer:
         choices[-1].finish_reason = reason
         return choices
 
-    def _completion_stream_choices(self, index, chunk, body, prompts, echo_texts, echoed: set[int], ids,
+    def _completion_stream_choices(self, index, chunk, body, prompts, echo_texts, sent: dict[int, int], ids,
                                    logprobs) -> list[CompletionChunkChoice]:
         text = chunk.text
         prompt = prompts[index // body.n]
-        if index not in echoed:
-            echoed.add(index)
+        if index not in sent:
+            sent[index] = 0
             text = echo_texts[index] + text
         if not text and not chunk.finish_reason:
             return []
         result = generation.SequenceResult(token_ids=ids, logprobs=logprobs, prompt_logprobs=chunk.prompt_logprobs)
-        # the prompt's logprobs go out with the first chunk only; offsets count from the text sent so far
-        lp = self._completion_logprobs(body, prompt, result, echo_texts[index] if chunk.prompt_logprobs else "")
+        # the prompt's logprobs go out with the first chunk only; offsets count from the choice's first character
+        lp = self._completion_logprobs(body, prompt, result, echo_texts[index] if chunk.prompt_logprobs else "",
+                                       start=sent[index])
+        sent[index] += len(text)
         return [CompletionChunkChoice(index=index, text=text, logprobs=lp, finish_reason=chunk.finish_reason)]
 
     def _token_strings(self, token_ids: list[int]) -> list[str]:
@@ -634,8 +636,8 @@ class OpenAIServer:
             entries.append(TokenLogprob(token=token, logprob=logprob, bytes=raw, top_logprobs=top))
         return ChatLogprobs(content=entries)
 
-    def _completion_logprobs(self, body: CompletionRequest, prompt: list[int], result, echo_text: str
-                             ) -> CompletionLogprobs | None:
+    def _completion_logprobs(self, body: CompletionRequest, prompt: list[int], result, echo_text: str,
+                             start: int = 0) -> CompletionLogprobs | None:
         """The legacy shape; with echo the prompt's tokens come first (the first has no logprob)."""
         if not body.wants_logprobs() or not (result.logprobs or result.prompt_logprobs):
             return None
@@ -643,7 +645,7 @@ class OpenAIServer:
         if echo_text and result.prompt_logprobs is not None:
             token_ids, logprobs = prompt + token_ids, list(result.prompt_logprobs) + logprobs
         tokens = self._token_strings(token_ids)
-        offsets, position = [], 0
+        offsets, position = [], start
         for token in tokens:
             offsets.append(position)
             position += len(token)
