@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import os
 import sys
@@ -52,8 +54,47 @@ def redact(secret: str | None) -> None:
     _redactor.add(secret)
 
 
-def setup_logging(level: str | int) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMATS = ("plain", "json")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, as the operator logs (kopf's JSON format): timestamp, severity,
+    logger, message, and the record's `fields` (extra={"fields": {...}}) as keys of their own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        entry = {
+            "timestamp": created.isoformat(timespec="milliseconds"),
+            "severity": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update({k: v for k, v in fields.items() if k not in entry})
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+_format = "plain"
+
+
+def current_format() -> str:
+    """The format setup_logging was last given (a child process sets up its logging the same way)."""
+    return _format
+
+
+def setup_logging(level: str | int, log_format: str = "plain") -> None:
+    global _format
+    _format = log_format
+    logging.basicConfig(level=level, format=PLAIN_FORMAT, stream=sys.stderr)
+    logging.getLogger().setLevel(level)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(PLAIN_FORMAT))
     for name in SECRET_VARIABLES:
         _redactor.add(os.environ.get(name))
     for handler in logging.getLogger().handlers:

@@ -36,7 +36,7 @@ from ovllm_engine.server.detokenizer import find_stop
 from ovllm_engine.server.engine_client import EngineClient, EngineDead, ShuttingDown
 from ovllm_engine.server.grammar_check import GrammarChecker
 from ovllm_engine.server.limits import Limits
-from ovllm_engine.server.metrics import CONTENT_TYPE, EngineMetrics
+from ovllm_engine.server.metrics import CONTENT_TYPE, EngineMetrics, SequenceTiming
 from ovllm_engine.server.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -58,6 +58,7 @@ from ovllm_engine.server.protocol import (
     Usage,
 )
 from ovllm_engine.server.reasoning import REASONING_PARSERS, ReasoningParser
+from ovllm_engine.server.request_log import RequestLog, RequestLogOptions
 from ovllm_engine.server.tokenizer import INLINE_CHARS, TemplateError, Tokenizer
 from ovllm_engine.server.tool_parsers import TOOL_PARSERS, ToolParser, detect
 
@@ -158,7 +159,7 @@ class ChatOptions:
 class OpenAIServer:
     def __init__(self, config: EngineConfig, engine: EngineClient, metrics: EngineMetrics, tokenizer: Tokenizer,
                  api_key: str | None = None, limits: Limits | None = None, chat: ChatOptions | None = None,
-                 grammar: GrammarChecker | None = None):
+                 grammar: GrammarChecker | None = None, request_log: RequestLogOptions | None = None):
         chat = chat or ChatOptions()
         self.config = config
         self.engine = engine
@@ -175,6 +176,7 @@ class OpenAIServer:
         self._idle.set()
         self.created = int(time.time())
         self.client_log = RateLimitedLog(log)
+        self.request_log = RequestLog(request_log or RequestLogOptions(), tokenizer.decode)
         self.grammar = grammar or GrammarChecker(config.model_path, config.vocab_size)
         parser_name = chat.tool_call_parser or detect(tokenizer.chat_template)
         self.tool_parser: ToolParser | None = TOOL_PARSERS[parser_name]() if parser_name else None
@@ -446,32 +448,55 @@ class OpenAIServer:
                                 f"maximum length of {limit} tokens", "max_tokens", "context_length_exceeded")
         return requested
 
-    def _sequences(self, body: SamplingFields, prompts: list[list[int]], plan: structured.Plan, arrival: float):
-        """One generator per choice: each prompt n times, choice index = prompt index * n + j."""
+    def _sequences(self, body: SamplingFields, prompts: list[list[int]], plan: structured.Plan, arrival: float,
+                   timings: list[SequenceTiming], budgets: list[int]):
+        """One generator per choice: each prompt n times, choice index = prompt index * n + j. Each
+        one's SequenceTiming is appended to `timings`."""
         streams = []
-        budgets = [self._budget(body, p) for p in prompts]
         # with echo and logprobs the engine also reports the prompt's logprobs
         echo = isinstance(body, CompletionRequest) and body.echo and body.wants_logprobs()
         for prompt, budget in zip(prompts, budgets, strict=True):
             sampling = dataclasses.replace(body.sampling(budget), constraint=plan.constraint, echo=echo)
             for j in range(body.n):
+                timings.append(SequenceTiming(arrival, len(prompt)))
                 streams.append(generation.generate(self.engine, self.metrics, self.tokenizer.decode, prompt,
-                                                   body.with_seed_offset(sampling, j), body.stop, arrival,
+                                                   body.with_seed_offset(sampling, j), body.stop, timings[-1],
                                                    want_text=body.stream))
         return streams
 
     async def _serve(self, request, body: SamplingFields, prompts, plan: structured.Plan):
         arrival = time.monotonic()
-        streams = self._sequences(body, prompts, plan, arrival)
         chat = isinstance(body, ChatCompletionRequest)
         response_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        timings: list[SequenceTiming] = []
+        budgets = [self._budget(body, p) for p in prompts]
+        streams = self._sequences(body, prompts, plan, arrival, timings, budgets)
         if chat:
             readers = [ChoiceReader(plan.tools, self._reasoning(body)) for _ in streams]
         else:
             readers = [self._echo_text(body, prompts[i // body.n]) for i in range(len(streams))]
-        if body.stream:
-            return await self._stream(request, body, prompts, streams, response_id, readers)
-        return await self._complete(body, prompts, streams, response_id, readers)
+        status = 499  # unless it ends otherwise: the client closed the connection (nginx's code)
+        try:
+            if body.stream:
+                response = await self._stream(request, body, prompts, streams, response_id, readers)
+            else:
+                response = await self._complete(body, prompts, streams, response_id, readers)
+            status = response.status
+            return response
+        except APIError as exc:
+            status = exc.status
+            raise
+        except (EngineDead, ShuttingDown):
+            status = 503
+            raise
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            status = 500
+            raise
+        finally:
+            self.metrics.request(body.n, max(budgets), timings)
+            self.request_log.ended(response_id, request.method, request.path, status, arrival, prompts, timings)
 
     def _reasoning(self, body: ChatCompletionRequest) -> ReasoningParser | None:
         if self.reasoning_parser is None:
@@ -656,5 +681,7 @@ class OpenAIServer:
 
 
 def make_server(config: EngineConfig, engine: EngineClient, metrics: EngineMetrics, api_key: str | None,
-                limits: Limits, tokenizer: Tokenizer | None = None, chat: ChatOptions | None = None) -> OpenAIServer:
-    return OpenAIServer(config, engine, metrics, tokenizer or Tokenizer(config.model_path), api_key, limits, chat)
+                limits: Limits, tokenizer: Tokenizer | None = None, chat: ChatOptions | None = None,
+                request_log: RequestLogOptions | None = None) -> OpenAIServer:
+    return OpenAIServer(config, engine, metrics, tokenizer or Tokenizer(config.model_path), api_key, limits, chat,
+                        request_log=request_log)

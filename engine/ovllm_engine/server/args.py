@@ -8,7 +8,7 @@ import logging
 import os
 from pathlib import Path
 
-from ovllm_cli.logs import redact
+from ovllm_cli.logs import LOG_FORMATS, redact, setup_logging
 from ovllm_engine import gguf_file
 from ovllm_engine.config import (
     API_KEY,
@@ -61,8 +61,30 @@ def add_parser(subparsers, help_line: str) -> None:
     parser.add_argument("--max-request-mb", type=float, default=4.0, help="largest request body accepted, in MiB")
     add_limit_arguments(parser)
     add_chat_arguments(parser)
+    add_log_arguments(parser)
     conversion_options.add_arguments(parser)
     parser.set_defaults(func=_run)
+
+
+def add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="plain",
+                        help="json: one JSON object per line (the operator's format), for log collectors")
+    parser.add_argument("--disable-log-requests", action="store_true",
+                        help="no log line per request (by default one at INFO when each request ends)")
+    parser.add_argument("--log-prompts", action="store_true",
+                        help="put each request's prompt text in its log line (never by default: prompts hold "
+                        "what users typed)")
+    parser.add_argument("--max-log-len", type=int, default=None,
+                        help="with --log-prompts, at most this many characters of each prompt")
+
+
+def request_log_from(args):
+    from ovllm_engine.server.request_log import RequestLogOptions
+
+    if args.max_log_len is not None and args.max_log_len < 0:
+        raise ConfigError(f"--max-log-len {args.max_log_len} must be at least 0")
+    return RequestLogOptions(enabled=not args.disable_log_requests, prompts=args.log_prompts,
+                             max_len=args.max_log_len)
 
 
 # vLLM's names, so that its users' flags work unchanged (tool_parsers.py and reasoning.py hold the parsers).
@@ -197,6 +219,7 @@ def _run(args) -> int:
     from ovllm_engine.onboard.source import ModelError
     from ovllm_engine.server.main import run
 
+    setup_logging(args.log_level, args.log_format)
     if args.model is None:
         args.model = str(_demo_model())
         args.served_model_name = args.served_model_name or DEMO_NAME
@@ -216,13 +239,14 @@ def _run(args) -> int:
     try:
         config = build_config(args)
         limits = limits_from(args)
+        request_log = request_log_from(args)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
     api_key = args.api_key or os.environ.get(API_KEY) or None
     redact(api_key)
     return run(config, host=args.host, port=args.port, api_key=api_key, shutdown_grace=args.shutdown_grace,
-               limits=limits, chat=chat_options_from(args))
+               limits=limits, chat=chat_options_from(args), request_log=request_log)
 
 
 def demo_gguf() -> Path | None:

@@ -14,9 +14,10 @@ import logging
 import multiprocessing
 from collections.abc import Callable
 
+from ovllm_cli.logs import current_format
 from ovllm_engine.config import EngineConfig
 from ovllm_engine.server.engine_process import engine_main
-from ovllm_engine.server.messages import Abort, AddRequest, Failed, Outputs, Ready, Sampling, Stats, Stop
+from ovllm_engine.server.messages import Abort, AddRequest, CacheInfo, Failed, Outputs, Ready, Sampling, Stats, Stop
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class EngineClient:
         self.on_death: Callable[[], None] = lambda: None
         self.alive = False
         self.pid: int | None = None
+        self.cache: CacheInfo | None = None  # the pipeline's KV cache, once it is up
         self._ids = itertools.count()
         self._queues: dict[int, asyncio.Queue] = {}
         self._process = None
@@ -56,7 +58,7 @@ class EngineClient:
         self._conn, child_conn = context.Pipe(duplex=True)
         self._process = context.Process(
             target=engine_main,
-            args=(self.config, child_conn, logging.getLogger().level),
+            args=(self.config, child_conn, logging.getLogger().level, current_format()),
             name="ovllm-engine",
             daemon=True,
         )
@@ -66,6 +68,7 @@ class EngineClient:
         self._loop.add_reader(self._conn.fileno(), self._on_readable)
         ready: Ready = await self._ready
         self.pid = ready.pid
+        self.cache = ready.cache
         self.alive = True
 
     def add(self, prompt_ids: list[int], sampling: Sampling) -> tuple[int, asyncio.Queue]:

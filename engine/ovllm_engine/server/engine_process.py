@@ -18,6 +18,7 @@ from ovllm_engine.config import EngineConfig
 from ovllm_engine.server.messages import (
     Abort,
     AddRequest,
+    CacheInfo,
     Constraint,
     Failed,
     Output,
@@ -27,11 +28,15 @@ from ovllm_engine.server.messages import (
     Stats,
     Stop,
 )
+from ovllm_engine.server.prefix_cache import PrefixCacheLedger
 
 log = logging.getLogger("ovllm.engine")
 
 # How often an idle engine reports its gauges, in seconds.
 IDLE_STATS_INTERVAL = 1.0
+# Tokens per KV cache block of GenAI's CPU plugin (tests/engine/test_metrics.py checks it against the
+# pipeline: the cache's usage steps up at the 33rd token).
+CPU_BLOCK_SIZE = 32
 
 
 def build_pipeline(config: EngineConfig):
@@ -98,7 +103,7 @@ def generation_config(sampling: Sampling, defaults):
 class EngineLoop:
     """Owns the pipeline and the handles of the requests in it."""
 
-    def __init__(self, pipeline, conn: Connection):
+    def __init__(self, pipeline, conn: Connection, prefix_caching: bool = False):
         import numpy as np
         import openvino as ov
         import openvino_genai as ov_genai
@@ -112,6 +117,11 @@ class EngineLoop:
         self.echoed: dict[int, int] = {}  # echo requests: prompt tokens still to take off the front
         self.running = True
         self._last_stats = 0.0
+        # the tokens each request has in the pipeline (prompt, then output), and whether it has output yet
+        self.tokens: dict[int, list[int]] = {}
+        self.prompt_len: dict[int, int] = {}
+        self.ledger = PrefixCacheLedger(CPU_BLOCK_SIZE, None) if prefix_caching else None
+        self._reported = (0, 0)  # the ledger's queries and hits in the last Stats
 
     def serve(self) -> None:
         while self.running:
@@ -120,7 +130,8 @@ class EngineLoop:
             if not self.handles:
                 continue
             self.pipeline.step()
-            self.conn.send(Outputs(self._collect(), self._stats()))
+            outputs, step_tokens = self._collect()
+            self.conn.send(Outputs(outputs, self._stats(step_tokens)))
 
     def _take_commands(self, block: bool) -> bool:
         timeout = IDLE_STATS_INTERVAL if block else 0
@@ -146,6 +157,7 @@ class EngineLoop:
             self.echoed.pop(message.request_id, None)
             if handle is not None:
                 handle.cancel()
+                self._left(message.request_id)
                 if not self.handles:  # idle now: report the gauges at once, not an idle interval later
                     self.conn.send(Outputs([], self._stats()))
         elif isinstance(message, Stop):
@@ -166,10 +178,25 @@ class EngineLoop:
         self.added_at[request_id] = time.monotonic()
         if message.sampling.echo:
             self.echoed[request_id] = len(message.prompt_ids)
+        self.tokens[request_id] = list(message.prompt_ids)
+        self.prompt_len[request_id] = len(message.prompt_ids)
+        if self.ledger is not None:
+            self.ledger.add(request_id, message.prompt_ids)
 
-    def _collect(self) -> list[Output]:
+    def _left(self, request_id: int) -> None:
+        """A request is out of the pipeline (finished, dropped or cancelled): its blocks are free."""
+        tokens = self.tokens.pop(request_id, None)
+        self.prompt_len.pop(request_id, None)
+        if self.ledger is not None and tokens is not None:
+            self.ledger.finish(request_id, tokens)
+
+    def _collect(self) -> tuple[list[Output], int]:
+        """The step's Outputs, and the tokens it computed as vLLM counts them (for
+        vllm:iteration_tokens_total): every output token, and a request's whole prompt in the step
+        that gave its first output token."""
         status = self._genai.GenerationStatus
         outputs = []
+        step_tokens = 0
         for request_id, handle in list(self.handles.items()):
             ids: list[int] = []
             logprobs: list[float] = []
@@ -194,30 +221,47 @@ class EngineLoop:
                 count = self.echoed.pop(request_id)
                 prompt_logprobs = [None, *logprobs[1:count]] if logprobs else [None] * count
                 ids, logprobs = ids[count:], logprobs[count:]
+            if ids and request_id in self.tokens:
+                self.tokens[request_id].extend(ids)
+                if self.ledger is not None:
+                    self.ledger.grow(request_id, len(self.tokens[request_id]))
+            step_tokens += len(ids)
             if ids or finish or error or prompt_logprobs is not None:
                 added_at = self.added_at.pop(request_id, None)
+                if added_at is not None and ids:
+                    step_tokens += self.prompt_len.get(request_id, 0)
                 outputs.append(Output(request_id, ids, logprobs if logprobs else None, finish, error, added_at,
                                       prompt_logprobs))
             if finish or error:
                 del self.handles[request_id]
                 self.echoed.pop(request_id, None)
-        return outputs
+                self._left(request_id)
+        return outputs, step_tokens
 
-    def _stats(self) -> Stats:
+    def _stats(self, step_tokens: int | None = None) -> Stats:
         self._last_stats = time.monotonic()
         metrics = self.pipeline.get_metrics()
         # The pipeline's counts describe its last step and go stale once it idles (finished and
         # aborted requests still show), so bound them by the requests this loop still holds.
         running = min(metrics.scheduled_requests, len(self.handles))
+        queries = hits = 0
+        if self.ledger is not None:
+            if metrics.cache_usage > 0 and self.ledger.in_use:
+                # GenAI's usage is its blocks in use over all blocks: the ledger learns the total from it
+                self.ledger.total_blocks = round(self.ledger.in_use * 100.0 / metrics.cache_usage)
+            queries, hits = self.ledger.queries - self._reported[0], self.ledger.hits - self._reported[1]
+            self._reported = (self.ledger.queries, self.ledger.hits)
         return Stats(running=running, waiting=max(0, len(self.handles) - running),
-                     kv_cache_usage=metrics.cache_usage / 100.0)
+                     kv_cache_usage=metrics.cache_usage / 100.0, step_tokens=step_tokens,
+                     prefix_queries=queries, prefix_hits=hits)
 
 
-def engine_main(config: EngineConfig, conn: Connection, log_level: int = logging.INFO) -> None:
+def engine_main(config: EngineConfig, conn: Connection, log_level: int = logging.INFO,
+                log_format: str = "plain") -> None:
     """Entry point of the engine process."""
     from ovllm_cli.logs import setup_logging
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     # The server process decides when to stop: SIGTERM and Ctrl-C reach it, and it tells us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -229,6 +273,8 @@ def engine_main(config: EngineConfig, conn: Connection, log_level: int = logging
         conn.send(Failed(f"could not load {config.model_path}: {exc}"))
         return
     log.info("pipeline ready in %.1fs (engine pid %d)", time.monotonic() - started, os.getpid())
-    conn.send(Ready(os.getpid()))
-    EngineLoop(pipeline, conn).serve()
+    cache = CacheInfo(block_size=CPU_BLOCK_SIZE, cache_dtype=config.kv_cache_precision or "auto",
+                      enable_prefix_caching=config.enable_prefix_caching)
+    conn.send(Ready(os.getpid(), cache))
+    EngineLoop(pipeline, conn, config.enable_prefix_caching).serve()
     log.info("engine process exits")

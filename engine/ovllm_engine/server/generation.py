@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ovllm_engine.server.detokenizer import IncrementalText
 from ovllm_engine.server.engine_client import EngineClient
 from ovllm_engine.server.messages import Output, Sampling
-from ovllm_engine.server.metrics import EngineMetrics
+from ovllm_engine.server.metrics import EngineMetrics, SequenceTiming
 
 
 class EngineRejected(ValueError):
@@ -45,10 +45,11 @@ async def generate(
     prompt_ids: list[int],
     sampling: Sampling,
     stops: list[str],
-    arrival: float,
+    timing: SequenceTiming,
     want_text: bool = True,
 ) -> AsyncIterator[Chunk]:
     """Yield Chunks of one sequence until it finishes; the last one carries the finish reason.
+    `timing` is filled in as it goes (the caller's request log reads it).
 
     With want_text False (a non-streamed request without stop strings) chunks carry token ids only
     and the caller decodes the whole sequence once at the end: on a 2-core machine every
@@ -56,51 +57,47 @@ async def generate(
     """
     request_id, queue = engine.add(prompt_ids, sampling)
     text = IncrementalText(decode, stops) if want_text or stops else None
-    finished = False
-    last_token_at = None
-    generated = 0
+
+    def end(reason: str) -> None:
+        timing.finish_reason, timing.finished = reason, time.monotonic()
+        metrics.finished(timing)
+
     try:
-        while not finished:
+        while timing.finish_reason is None:
             delta: Output | Exception = await queue.get()
             if isinstance(delta, Exception):  # EngineDead, or ShuttingDown when the grace ran out
                 raise delta
             if delta.error:
-                finished = True
                 engine.release(request_id)
-                metrics.finished("error", len(prompt_ids), generated, time.monotonic() - arrival)
+                end("error")
                 raise EngineRejected(delta.error)
             now = time.monotonic()
             if delta.added_at is not None:
-                metrics.observe("queue_time", max(0.0, delta.added_at - arrival))
+                timing.scheduled = delta.added_at
             if delta.token_ids:
-                if last_token_at is None:
-                    metrics.observe("ttft", now - arrival)
-                    metrics.count("prompt_tokens", len(prompt_ids))
-                else:
-                    # one step can deliver several tokens; spread the gap over them
-                    gap = (now - last_token_at) / len(delta.token_ids)
-                    for _ in delta.token_ids:
-                        metrics.observe("itl", gap)
-                last_token_at = now
-                generated += len(delta.token_ids)
-                metrics.count("generation_tokens", len(delta.token_ids))
+                previous = timing.last_token
+                timing.last_token = now
+                timing.generated += len(delta.token_ids)
+                if previous is None:
+                    timing.first_token = now
+                    metrics.first_token(timing)
+                metrics.tokens(len(delta.token_ids), None if previous is None else now - previous)
             piece = text.add(delta.token_ids) if text else ""
             finish = delta.finish_reason
             if text and text.stopped:
                 finish = "stop"
             if finish:
-                finished = True
                 piece += text.finish() if text else ""
                 if delta.finish_reason is None:  # stopped here, not by the engine: free it now
                     engine.abort(request_id)
                 else:
                     engine.release(request_id)
-                metrics.finished(finish, len(prompt_ids), generated, time.monotonic() - arrival)
+                end(finish)
             yield Chunk(piece, delta.token_ids, delta.logprobs, finish, delta.prompt_logprobs)
     finally:
-        if not finished:  # the caller went away, or the engine failed
+        if timing.finish_reason is None:  # the caller went away, or the engine failed
             engine.abort(request_id)
-            metrics.finished("abort", len(prompt_ids), generated, time.monotonic() - arrival)
+            end("abort")
 
 
 async def merge(streams: list[AsyncIterator[Chunk]]) -> AsyncIterator[tuple[int, Chunk]]:

@@ -24,6 +24,7 @@ from ovllm_engine.server.api_server import ChatOptions, make_server
 from ovllm_engine.server.engine_client import EngineClient, EngineStartFailed, ShuttingDown
 from ovllm_engine.server.limits import Limits
 from ovllm_engine.server.metrics import EngineMetrics
+from ovllm_engine.server.request_log import RequestLogOptions
 from ovllm_engine.server.tokenizer import Tokenizer
 
 log = logging.getLogger("ovllm.serve")
@@ -38,9 +39,10 @@ ENGINE_STOP_SECONDS = 5.0
 
 
 def run(config: EngineConfig, host: str, port: int, api_key: str | None, shutdown_grace: float,
-        limits: Limits, chat: ChatOptions | None = None) -> int:
+        limits: Limits, chat: ChatOptions | None = None, request_log: RequestLogOptions | None = None) -> int:
     log.info("configuration: %s", config.summary())
-    return asyncio.run(_serve(config, host, port, api_key, shutdown_grace, limits, chat or ChatOptions()))
+    return asyncio.run(_serve(config, host, port, api_key, shutdown_grace, limits, chat or ChatOptions(),
+                              request_log or RequestLogOptions()))
 
 
 def _own_signals() -> None:
@@ -57,8 +59,8 @@ def _own_signals() -> None:
 
 
 async def _serve(config: EngineConfig, host: str, port: int, api_key: str | None, shutdown_grace: float,
-                 limits: Limits, chat: ChatOptions) -> int:
-    metrics = EngineMetrics(config.served_model_name)
+                 limits: Limits, chat: ChatOptions, request_log: RequestLogOptions) -> int:
+    metrics = EngineMetrics(config.served_model_name, config.max_model_len)
     engine = EngineClient(config, on_stats=metrics.engine_stats)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -92,7 +94,8 @@ async def _serve(config: EngineConfig, host: str, port: int, api_key: str | None
         await engine.stop()
         return exit_code
 
-    server = make_server(config, engine, metrics, api_key, limits, tokenizer, chat)
+    metrics.cache_info(engine.cache)
+    server = make_server(config, engine, metrics, api_key, limits, tokenizer, chat, request_log)
     server.grammar.start()  # builds its pipeline while the server starts answering
     if server.tool_parser is not None:
         log.info("tool calls are read with the %s parser", server.tool_parser.name)

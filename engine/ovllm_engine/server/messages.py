@@ -90,8 +90,18 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class CacheInfo:
+    """The KV cache as the pipeline built it (for vllm:cache_config_info)."""
+
+    block_size: int  # tokens per block
+    cache_dtype: str
+    enable_prefix_caching: bool
+
+
+@dataclass(frozen=True)
 class Ready:
     pid: int
+    cache: CacheInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -114,9 +124,14 @@ class Output:
 
 @dataclass(frozen=True)
 class Stats:
+    """The engine's state after a step (or while idle), and what changed since the last Stats."""
+
     running: int
     waiting: int
     kv_cache_usage: float  # 0..1
+    step_tokens: int | None = None  # tokens the step computed (prefill and decode); None: no step ran
+    prefix_queries: int = 0  # prompt tokens looked up in the prefix cache since the last Stats
+    prefix_hits: int = 0  # of them, tokens whose KV was found there
 
 
 @dataclass(frozen=True)
