@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 UV := $(BIN)/uv pip install --python $(BIN)/python -c constraints.txt
 
-.PHONY: serve test lint install-serve install-test controlplane images images-background
+.PHONY: serve test lint install-serve install-test controlplane images images-background prometheus
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -58,9 +58,14 @@ images:
 images-background:
 	$(PYTHON) hack/images.py build --background
 
+# Prometheus and promtool (Debian's package, as root; seconds) for the observability test, which runs a
+# real Prometheus against a real engine, router and operator.
+prometheus:
+	$(PYTHON) hack/prometheus.py install
+
 lint: install-test
 	$(BIN)/ruff check .
 
 # The whole suite. Under CI=true a missing prerequisite fails its test instead of skipping it.
-test: install-test lint images-background controlplane
+test: install-test lint images-background controlplane prometheus
 	$(BIN)/python -m pytest

@@ -533,5 +533,8 @@ def service_monitor(resource: Resource) -> dict | None:
                                          "app.kubernetes.io/managed-by": names.FIELD_MANAGER}},
             "namespaceSelector": {"matchNames": [resource.namespace]},
             "endpoints": [{"port": "http", "path": "/metrics", "interval": metrics.interval}],
+            # engine or router, and which resource: as prometheus.io-annotation scrapes label them
+            # (pod labels mapped), so the chart's alerts and dashboard select engines either way
+            "podTargetLabels": ["app.kubernetes.io/component", "app.kubernetes.io/instance"],
         },
     }

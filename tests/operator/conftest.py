@@ -34,7 +34,7 @@ def _load(name: str, path: Path):
 _shared = _load("ovllm_tests_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
 # Re-exported: test modules collected after this file that do `from conftest import ...` get this one.
 ROOT, IN_CI, require, require_module = _shared.ROOT, _shared.IN_CI, _shared.require, _shared.require_module
-free_port = _shared.free_port
+free_port, Server, LoggedProcess = _shared.free_port, _shared.Server, _shared.LoggedProcess
 controlplane = _load("ovllm_controlplane", ROOT / "hack" / "controlplane.py")
 NODES = controlplane.NODES
 FAILS_TO_CONVERT = controlplane.FAILS_TO_CONVERT

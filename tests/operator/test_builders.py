@@ -301,6 +301,8 @@ def test_pdb_and_service_monitor():
     monitor = builders.service_monitor(make({**HUB, "metrics": {"serviceMonitorLabels": {"release": "prom"}}}))
     assert monitor["metadata"]["labels"]["release"] == "prom"
     assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    # the chart's OVLLMEngineDown alert selects engine targets by this label
+    assert monitor["spec"]["podTargetLabels"] == ["app.kubernetes.io/component", "app.kubernetes.io/instance"]
     assert builders.service_monitor(make({**HUB, "metrics": {"enabled": False}})) is None
 
 

@@ -81,11 +81,57 @@ def test_namespace_scoped_install_has_roles_only(helm):
     ("logFormat=xml", "logFormat"),
     ("watchNamespaces={Not_A_Namespace}", "watchNamespaces"),
     ("unknownValue=1", "unknownValue"),
+    ("dashboards.enabled=yes", "dashboards/enabled"),
+    ("alerts.queueThreshold=-1", "alerts/queueThreshold"),
 ])
 def test_a_wrong_value_fails_at_install_time_naming_it(helm, value, message):
     result = run_helm(helm, "template", "ovllm", str(CHART), "--set", value, check=False)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_dashboard_configmap_for_grafanas_sidecar(helm):
+    import json
+    import re
+    import subprocess
+    import sys
+
+    assert not [doc for doc in template(helm) if doc["kind"] in ("ConfigMap", "PrometheusRule")]  # off by default
+    docs = template(helm, "--set", "dashboards.enabled=true", "--set", "dashboards.namespace=monitoring",
+                    "--set", "dashboards.annotations.grafana_folder=LLM")
+    (configmap,) = by_kind(docs, "ConfigMap")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["namespace"] == "monitoring"
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "LLM"}
+    dashboard = json.loads(configmap["data"]["ovllm.json"])
+    # the chart's file is what hack/dashboard.py writes
+    written = subprocess.run([sys.executable, str(ROOT / "hack" / "dashboard.py"), "--print"], capture_output=True,
+                             text=True)
+    assert (CHART / "dashboards" / "ovllm.json").read_text() == written.stdout, written.stderr
+    assert dashboard["uid"] == "ovllm-fleet"
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    assert rows == ["Engines", "Router", "Operator"]
+    queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(queries) >= 25
+    variables = {v for expr in queries for v in re.findall(r"\$\{?(\w+)", expr)}
+    assert variables <= {"model_name", "__rate_interval"}, variables
+    assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "model_name"}
+
+
+def test_prometheus_rule_alerts(helm):
+    docs = template(helm, "--set", "alerts.enabled=true", "--set", "alerts.labels.release=prometheus",
+                    "--set", "alerts.ruleLabels.team=ml", "--set", "alerts.queueThreshold=3")
+    (rule,) = by_kind(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert sorted(alerts) == ["OVLLMAutoscalerMetricsMissing", "OVLLMConversionFailed", "OVLLMEngineDown",
+                              "OVLLMKVCacheNearlyFull", "OVLLMQueueGrowing"]
+    for alert in alerts.values():
+        assert alert["labels"]["team"] == "ml" and alert["labels"]["severity"] in ("warning", "critical")
+        assert alert["annotations"]["summary"] and alert["annotations"]["description"]
+    assert alerts["OVLLMKVCacheNearlyFull"]["for"] == "10m" and "> 0.9" in alerts["OVLLMKVCacheNearlyFull"]["expr"]
+    assert "> 3" in alerts["OVLLMQueueGrowing"]["expr"]
+    assert alerts["OVLLMEngineDown"]["expr"] == 'up{app_kubernetes_io_component="engine"} == 0'
 
 
 def local_args(deployment) -> list[str]:
