@@ -21,8 +21,9 @@ RATE = "[$__rate_interval]"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 
-def quantiles(metric: str, selector: str = M, by: str = "le") -> list[tuple[str, str]]:
-    return [(f"p{int(q * 100)}", f"histogram_quantile({q}, sum by ({by}) (rate({metric}_bucket{{{selector}}}{RATE})))")
+def quantiles(metric: str, selector: str = M) -> list[tuple[str, str]]:
+    matcher = f"{{{selector}}}" if selector else ""
+    return [(f"p{int(q * 100)}", f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{matcher}{RATE})))")
             for q in (0.5, 0.99)]
 
 

@@ -116,6 +116,25 @@ def test_dashboard_configmap_for_grafanas_sidecar(helm):
     variables = {v for expr in queries for v in re.findall(r"\$\{?(\w+)", expr)}
     assert variables <= {"model_name", "__rate_interval"}, variables
     assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "model_name"}
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert [t for t in panel["targets"] if t["expr"].strip()], panel["title"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert all(t["datasource"] == panel["datasource"] for t in panel["targets"]), panel["title"]
+    # nowhere else in the JSON either (legends, variable queries); $__all is Grafana's "All" as a value
+    everywhere = set(re.findall(r"\$\{?(\w+)", configmap["data"]["ovllm.json"]))
+    assert everywhere <= {"model_name", "__rate_interval", "datasource", "__all"}, everywhere
+    (models,) = [v for v in dashboard["templating"]["list"] if v["name"] == "model_name"]
+    assert models["includeAll"] and models["allValue"] == ".*"
+    assert models["definition"] == "label_values(vllm:num_requests_running, model_name)"
+    # extra labels never replace the sidecar's
+    docs = template(helm, "--set", "dashboards.enabled=true", "--set-string", "dashboards.labels.grafana_dashboard=0",
+                    "--set", "dashboards.labels.team=ml")
+    (configmap,) = by_kind(docs, "ConfigMap")
+    labels = configmap["metadata"]["labels"]
+    assert labels["grafana_dashboard"] == "1" and labels["team"] == "ml"
+    assert configmap["metadata"]["namespace"] == "ovllm-system"
 
 
 def test_prometheus_rule_alerts(helm):
@@ -132,6 +151,17 @@ def test_prometheus_rule_alerts(helm):
     assert alerts["OVLLMKVCacheNearlyFull"]["for"] == "10m" and "> 0.9" in alerts["OVLLMKVCacheNearlyFull"]["expr"]
     assert "> 3" in alerts["OVLLMQueueGrowing"]["expr"]
     assert alerts["OVLLMEngineDown"]["expr"] == 'up{app_kubernetes_io_component="engine"} == 0'
+    for alert in alerts.values():
+        assert alert["for"] and alert["expr"], alert["alert"]
+    assert "ConversionFailed" in alerts["OVLLMConversionFailed"]["expr"]
+    assert 'reason="MetricUnavailable"' in alerts["OVLLMAutoscalerMetricsMissing"]["expr"]
+    # a severity in ruleLabels replaces each alert's own (no duplicate keys); the selector is a value
+    docs = template(helm, "--set", "alerts.enabled=true", "--set", "alerts.ruleLabels.severity=page",
+                    "--set", "alerts.engineSelector=job=\"my-engines\"")
+    (rule,) = by_kind(docs, "PrometheusRule")
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert {alert["labels"]["severity"] for alert in alerts.values()} == {"page"}
+    assert alerts["OVLLMEngineDown"]["expr"] == 'up{job="my-engines"} == 0'
 
 
 def local_args(deployment) -> list[str]:
