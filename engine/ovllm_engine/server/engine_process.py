@@ -117,7 +117,7 @@ class EngineLoop:
         self.echoed: dict[int, int] = {}  # echo requests: prompt tokens still to take off the front
         self.running = True
         self._last_stats = 0.0
-        # the tokens each request has in the pipeline (prompt, then output), and whether it has output yet
+        # the tokens each request has in the pipeline (prompt, then output), and its prompt's length
         self.tokens: dict[int, list[int]] = {}
         self.prompt_len: dict[int, int] = {}
         self.ledger = PrefixCacheLedger(CPU_BLOCK_SIZE, None) if prefix_caching else None
