@@ -7,24 +7,13 @@ the test runs its own Prometheus on a free port.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 BINARIES = ("prometheus", "promtool")
-
-
-def debian_packages():
-    """hack/debian_packages.py, loaded by path: hack/ is no package, and this file is run as a script."""
-    path = Path(__file__).with_name("debian_packages.py")
-    spec = importlib.util.spec_from_file_location("ovllm_debian_packages", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def install() -> int:
@@ -35,7 +24,9 @@ def install() -> int:
                   file=sys.stderr)
             return 1
         print("[prometheus] installing Debian's prometheus package (prometheus, promtool)", flush=True)
-        debian_packages().install("prometheus", start_services=False)
+        import debian_packages  # hack/debian_packages.py: this script's own directory is on sys.path
+
+        debian_packages.install("prometheus", start_services=False)
     version = subprocess.run(["prometheus", "--version"], capture_output=True, text=True).stdout.splitlines()
     print(f"[prometheus {time.monotonic() - started:6.1f}s] {version[0] if version else 'prometheus'}", flush=True)
     return 0
