@@ -310,8 +310,15 @@ def load_docker_images(crictl_path: Path, paths: Paths, images: list[str], docke
     for image in images:
         wanted, size = _run([docker, "image", "inspect", "--format", "{{.Id}} {{.Size}}", image]).stdout.split()
         wanted = wanted.decode()
-        if image_id(crictl_path, paths, image) == wanted:
+        have = image_id(crictl_path, paths, image)
+        if have == wanted:
             continue
+        if have is not None:
+            # an earlier build under this name: removed first (--sync waits for containerd's garbage
+            # collection), or its layers and snapshots stay in the cache, one more copy per rebuild
+            # (26 GB after three CI runs here). Best effort: the import below replaces the name anyway.
+            _run(["ctr", "--address", paths.socket, "--namespace", K8S_NAMESPACE, "images", "rm", "--sync", image],
+                 check=False, timeout=600)
         # containerd keeps the layers twice: as imported (content store) and unpacked (snapshots).
         needed, free = 2 * int(size), shutil.disk_usage(paths.containerd_root).free
         if needed > free:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
@@ -77,11 +78,14 @@ def test_the_checker_answers_with_xgrammars_message_and_keeps_checking(check_mod
                 Constraint(tags=TriggeredTags(("<other>",), (TaggedSchema("<tool_call>", "{}", "}"),))),
             )]
             again = await checker.check(Constraint(regex="(unclosed"))
-            return verdicts, again, len(checker._verdicts)
+            scratch = Path(checker._scratch)
+            assert (scratch / "check.gguf").exists() or any(scratch.iterdir())
+            return verdicts, again, len(checker._verdicts), scratch
         finally:
             checker.close()
 
-    verdicts, again, remembered = asyncio.run(run())
+    verdicts, again, remembered, scratch = asyncio.run(run())
+    assert not scratch.exists()  # the helper is killed on close: its directory goes with it
     assert verdicts[0] is None and verdicts[4] is None and verdicts[5] is None, verdicts
     assert verdicts[1] == 'Unsupported type "nonsense"'
     assert "parenthesis is not closed" in verdicts[2] and "Rule \"undefined_rule\" is not defined" in verdicts[3]

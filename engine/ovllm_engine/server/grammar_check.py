@@ -23,6 +23,7 @@ import asyncio
 import logging
 import multiprocessing
 import re
+import shutil
 import signal
 import struct
 import tempfile
@@ -54,6 +55,7 @@ class GrammarChecker:
         self._pending: dict[Constraint, asyncio.Future] = {}
         self._process = None
         self._conn = None
+        self._scratch: str | None = None  # the helper's directory (its one-layer GGUF)
         self._ready = False
         self._lock = asyncio.Lock()  # one check at a time: the helper has one pipeline
 
@@ -107,19 +109,24 @@ class GrammarChecker:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._ready = False
-        self._process = context.Process(target=_checker_main, args=(child, self.model_path, self.vocab_size),
+        # made and removed here: close() kills the helper, which could never clean up after itself
+        self._scratch = tempfile.mkdtemp(prefix="ovllm-grammar-check-")
+        self._process = context.Process(target=_checker_main,
+                                        args=(child, self._scratch, self.model_path, self.vocab_size),
                                         name="ovllm-grammar-check", daemon=True)
         self._process.start()
         child.close()
 
     def close(self) -> None:
-        process, conn = self._process, self._conn
-        self._process = self._conn = None
+        process, conn, scratch = self._process, self._conn, self._scratch
+        self._process = self._conn = self._scratch = None
         if process is not None:
             process.kill()
             process.join(5)
         if conn is not None:
             conn.close()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def public_error(message: str) -> str:
@@ -132,19 +139,18 @@ def public_error(message: str) -> str:
 
 # -- the helper process ---------------------------------------------------------------------------
 
-def _checker_main(conn, model_path: str | None, vocab_size: int | None) -> None:
+def _checker_main(conn, scratch: str, model_path: str | None, vocab_size: int | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when it stops
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    with tempfile.TemporaryDirectory(prefix="ovllm-grammar-check-") as scratch:
-        checker = _SacrificialPipeline(Path(scratch), model_path, vocab_size)
-        checker.build()
-        conn.send("ready")
-        while True:
-            try:
-                constraint = conn.recv()
-            except (EOFError, OSError):
-                return
-            conn.send(checker.check(constraint))
+    checker = _SacrificialPipeline(Path(scratch), model_path, vocab_size)
+    checker.build()
+    conn.send("ready")
+    while True:
+        try:
+            constraint = conn.recv()
+        except (EOFError, OSError):
+            return
+        conn.send(checker.check(constraint))
 
 
 class _SacrificialPipeline:
