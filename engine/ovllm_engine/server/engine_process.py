@@ -117,9 +117,8 @@ class EngineLoop:
         self.echoed: dict[int, int] = {}  # echo requests: prompt tokens still to take off the front
         self.running = True
         self._last_stats = 0.0
-        # the tokens each request has in the pipeline (prompt, then output), and its prompt's length
+        # the tokens each request has in the pipeline: its prompt, then its output
         self.tokens: dict[int, list[int]] = {}
-        self.prompt_len: dict[int, int] = {}
         self.ledger = PrefixCacheLedger(CPU_BLOCK_SIZE, None) if prefix_caching else None
         self._reported = (0, 0)  # the ledger's queries and hits in the last Stats
 
@@ -179,14 +178,12 @@ class EngineLoop:
         if message.sampling.echo:
             self.echoed[request_id] = len(message.prompt_ids)
         self.tokens[request_id] = list(message.prompt_ids)
-        self.prompt_len[request_id] = len(message.prompt_ids)
         if self.ledger is not None:
             self.ledger.add(request_id, message.prompt_ids)
 
     def _left(self, request_id: int) -> None:
         """A request is out of the pipeline (finished, dropped or cancelled): its blocks are free."""
         tokens = self.tokens.pop(request_id, None)
-        self.prompt_len.pop(request_id, None)
         if self.ledger is not None and tokens is not None:
             self.ledger.finish(request_id, tokens)
 
@@ -222,14 +219,14 @@ class EngineLoop:
                 prompt_logprobs = [None, *logprobs[1:count]] if logprobs else [None] * count
                 ids, logprobs = ids[count:], logprobs[count:]
             if ids and request_id in self.tokens:
+                if request_id in self.added_at:  # its first output: the step computed its whole prompt
+                    step_tokens += len(self.tokens[request_id])
                 self.tokens[request_id].extend(ids)
                 if self.ledger is not None:
                     self.ledger.grow(request_id, len(self.tokens[request_id]))
             step_tokens += len(ids)
             if ids or finish or error or prompt_logprobs is not None:
                 added_at = self.added_at.pop(request_id, None)
-                if added_at is not None and ids:
-                    step_tokens += self.prompt_len.get(request_id, 0)
                 outputs.append(Output(request_id, ids, logprobs if logprobs else None, finish, error, added_at,
                                       prompt_logprobs))
             if finish or error:

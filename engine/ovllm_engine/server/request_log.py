@@ -62,8 +62,7 @@ class RequestLog:
 
     def _shown(self, prompt_ids: list[int]) -> str:
         text = self.decode(prompt_ids)
-        limit = self.options.max_len
-        return text if limit is None or len(text) <= limit else text[:limit]
+        return text if self.options.max_len is None else text[:self.options.max_len]
 
     @staticmethod
     def _plain(key: str, value) -> str:
