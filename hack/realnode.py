@@ -314,11 +314,12 @@ def load_docker_images(crictl_path: Path, paths: Paths, images: list[str], docke
         if have == wanted:
             continue
         if have is not None:
-            # an earlier build under this name: removed first (--sync waits for containerd's garbage
-            # collection), or its layers and snapshots stay in the cache, one more copy per rebuild
-            # (26 GB after three CI runs here). Best effort: the import below replaces the name anyway.
-            _run(["ctr", "--address", paths.socket, "--namespace", K8S_NAMESPACE, "images", "rm", "--sync", image],
-                 check=False, timeout=600)
+            # an earlier build under this name: removed first, by its id, so that the CRI plugin drops
+            # every reference it made to it (name, digest, id; `ctr images rm NAME` drops only the name
+            # and left the rest: 14 GB became 26 GB in one run here). Without this its layers and
+            # snapshots stay in the cache, one more copy per rebuild. Best effort: the import replaces
+            # the name anyway.
+            crictl(crictl_path, paths, "rmi", have, check=False, timeout=600)
         # containerd keeps the layers twice: as imported (content store) and unpacked (snapshots).
         needed, free = 2 * int(size), shutil.disk_usage(paths.containerd_root).free
         if needed > free:
