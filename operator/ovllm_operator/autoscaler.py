@@ -1,6 +1,7 @@
-"""One autoscaling step of one OVLLMDeployment: read the load of its ready engine pods from their
-own /metrics (engine_metrics.py), decide (autoscaling.py), write spec.replicas through the scale
-subresource, and say what it decided in status.autoscaling and in Events.
+"""One autoscaling step of one OVLLMDeployment: given the load its ready engine pods reported on
+their own /metrics (engine_metrics.py; controller.py reads every resource's pods at once), decide
+(autoscaling.py), write spec.replicas through the scale subresource, and say what it decided in
+status.autoscaling and in Events.
 
 The scale subresource is the one door for every writer of replicas (`kubectl scale`, an HPA, this
 autoscaler); the spec change it makes runs the ordinary reconcile, which resizes the Deployment.
@@ -15,7 +16,7 @@ from collections.abc import Callable, Mapping
 
 from ovllm_operator import autoscaling, engine_metrics, metrics, names
 from ovllm_operator.kube import Kube
-from ovllm_operator.spec import SpecError, parse_spec
+from ovllm_operator.spec import OVLLMDeploymentSpec
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +46,17 @@ def policy_of(spec) -> autoscaling.Policy:
                               scale_down_window=scaling.scale_down_stabilization_seconds)
 
 
-def step(body: Mapping, kube: Kube, emit: Emit, now: float | None = None) -> dict | None:
-    """Scale one resource if its load says so; return its new status.autoscaling (None: it has
-    none, autoscaling being off)."""
+def step(body: Mapping, spec: OVLLMDeploymentSpec, readings: list[engine_metrics.Reading], kube: Kube,
+         emit: Emit, now: float | None = None) -> dict | None:
+    """Scale one resource if its pods' `readings` say so; return its new status.autoscaling (None:
+    it has none, autoscaling being off)."""
     metadata = body["metadata"]
     name, namespace, uid = metadata["name"], metadata["namespace"], metadata["uid"]
     previous = dict((body.get("status") or {}).get("autoscaling") or {})
-    try:
-        spec = parse_spec(dict(body.get("spec") or {}))
-    except SpecError:
-        return previous or None  # the reconcile reports the spec; nothing to scale on meanwhile
     if not spec.autoscaled:
         RECOMMENDER.forget(uid)
         return None
     policy = policy_of(spec)
-    pods = kube.list("v1", "Pod", namespace, names.selector_string(name))
-    readings = engine_metrics.read_all(metrics_targets(pods), policy.metric, timeout=READ_TIMEOUT)
     current = spec.replicas
     decision = RECOMMENDER.decide(uid, policy, current, readings, time.monotonic() if now is None else now)
     metrics.AUTOSCALE_STEPS.labels(decision.reason).inc()
@@ -83,7 +79,7 @@ def step(body: Mapping, kube: Kube, emit: Emit, now: float | None = None) -> dic
         if decision.reason == "MetricUnavailable":
             emit("Warning", "MetricUnavailable", decision.message)
     if decision.desired != current:
-        kube.scale(names.GROUP, names.VERSION, names.PLURAL, namespace, name, decision.desired)
+        kube.scale(namespace, name, decision.desired)
         direction = "ScaledUp" if decision.desired > current else "ScaledDown"
         metrics.SCALINGS.labels(direction).inc()
         emit("Normal", direction, f"replicas {current} -> {decision.desired}: {decision.message}")

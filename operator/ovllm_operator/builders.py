@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ovllm_operator import names, sizing
+from kubernetes.utils.quantity import parse_quantity
+
+from ovllm_operator import names, pods, sizing
 from ovllm_operator.isa import merge_affinity
 from ovllm_operator.spec import OVLLMDeploymentSpec, SpecError
 
@@ -40,7 +42,6 @@ SHUTDOWN_GRACE_SECONDS = 30  # --shutdown-grace, unless spec.engine.extraArgs sa
 # engine/ovllm_engine/server/main.py); 4 more of margin.
 EXIT_SECONDS = 15
 TERMINATION_GRACE_SECONDS = PRESTOP_SECONDS + SHUTDOWN_GRACE_SECONDS + EXIT_SECONDS  # the router's
-USER_ID = 1000
 
 
 @dataclass(frozen=True)
@@ -155,10 +156,10 @@ def _with_extra_env(env: list[dict], extra: tuple[dict, ...]) -> list[dict]:
     return [item for item in env if item["name"] not in overridden] + [dict(item) for item in extra]
 
 
-def engine_args(resource: Resource, serve_path: str | None = None) -> list[str]:
-    """`ovllm serve` flags; serve_path overrides the plan's model directory."""
+def engine_args(resource: Resource, serve_path: str) -> list[str]:
+    """`ovllm serve` flags, serving the model at serve_path."""
     engine = resource.spec.engine
-    args = ["serve", serve_path or model_plan(resource).serve_path,
+    args = ["serve", serve_path,
             "--host", "0.0.0.0", "--port", str(names.ENGINE_PORT),
             "--served-model-name", resource.served_model_name,
             "--max-num-seqs", str(engine.max_num_seqs),
@@ -202,7 +203,7 @@ def check(resource: Resource) -> None:
     if forbidden:
         raise SpecError(f"spec.engine.extraEnv: {', '.join(forbidden)} is set from the spec; "
                         "set the spec field instead")
-    if spec.cpu.memory and sizing.quantity_bytes(spec.cpu.memory) < sizing.minimum_engine_gib(spec) * 2**30:
+    if spec.cpu.memory and parse_quantity(spec.cpu.memory) < sizing.minimum_engine_gib(spec) * 2**30:
         raise SpecError(
             f"spec.cpu.memory: {spec.cpu.memory} cannot hold spec.engine.kvCacheSpaceGiB="
             f"{spec.engine.kv_cache_space_gib} of KV cache plus the engine; give at least "
@@ -210,31 +211,21 @@ def check(resource: Resource) -> None:
         )
 
 
-def _container_security() -> dict:
-    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]}}
-
-
 def _pod_spec(resource: Resource, containers: list[dict], volumes: list[dict], **extra) -> dict:
     """What the engine pod and the conversion pod share: non-root with the runtime's seccomp profile,
     no service account token, and the same placement (conversion runs torch's CPU kernels, so it
     needs the same instruction-set floor as the engine)."""
     spec = resource.spec
-    pod_spec = {
+    return {
         "containers": containers,
         "volumes": volumes,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": USER_ID, "runAsGroup": USER_ID, "fsGroup": USER_ID,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": pods.pod_security(fs_group=True),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "affinity": merge_affinity(spec.affinity, spec.cpu.min_isa),
+        **pods.placement(spec),
         **extra,
     }
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = [dict(item) for item in spec.tolerations]
-    return pod_spec
 
 
 def _volumes(resource: Resource, models_read_only: bool) -> tuple[list[dict], list[dict]]:
@@ -275,11 +266,11 @@ def converter(resource: Resource, output: str, hf_home: str) -> dict:
         "args": ["convert", source_path(resource), "--output", output, *conversion_flags(resource)],
         "env": env,
         "resources": {"requests": {"cpu": str(spec.cpu.cores), "memory": memory}, "limits": {"memory": memory}},
-        "securityContext": _container_security(),
+        "securityContext": pods.container_security(),
     }
 
 
-def pod_template(resource: Resource, serve_path: str | None = None) -> dict:
+def pod_template(resource: Resource, plan: ModelPlan, serve_path: str | None = None) -> dict:
     """The engine pod. serve_path overrides the plan's model directory: while a new conversion runs,
     the pods keep serving the last converted model."""
     spec = resource.spec
@@ -287,13 +278,12 @@ def pod_template(resource: Resource, serve_path: str | None = None) -> dict:
     cores = str(spec.cpu.cores)
     health = {"httpGet": {"path": "/health", "port": "http"}}
     volumes, mounts = _volumes(resource, models_read_only=True)
-    plan = model_plan(resource)
     container = {
         "name": "engine",
         "image": spec.engine.image,
         "imagePullPolicy": spec.engine.image_pull_policy,
         "command": ["ovllm"],
-        "args": engine_args(resource, serve_path),
+        "args": engine_args(resource, serve_path or plan.serve_path),
         "env": engine_env(resource),
         "ports": [{"name": "http", "containerPort": names.ENGINE_PORT, "protocol": "TCP"}],
         # Guaranteed QoS (requests equal limits): a static CPU manager can pin the engine's threads.
@@ -305,7 +295,7 @@ def pod_template(resource: Resource, serve_path: str | None = None) -> dict:
         # While draining /health answers 503: readiness drops the pod, liveness (60 s) outlasts the grace.
         "livenessProbe": {**health, "periodSeconds": 10, "failureThreshold": 6, "timeoutSeconds": 5},
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
-        "securityContext": _container_security(),
+        "securityContext": pods.container_security(),
         "volumeMounts": mounts,
     }
     annotations = {}
@@ -326,7 +316,7 @@ def pod_template(resource: Resource, serve_path: str | None = None) -> dict:
     return {"metadata": metadata, "spec": pod_spec}
 
 
-def deployment(resource: Resource, serve_path: str | None = None) -> dict:
+def deployment(resource: Resource, plan: ModelPlan, serve_path: str | None = None) -> dict:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -337,10 +327,10 @@ def deployment(resource: Resource, serve_path: str | None = None) -> dict:
             # Never below the serving capacity during a rollout: one new pod at a time, and an old
             # one goes only when a new one is ready.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "progressDeadlineSeconds": (CONVERT_IN_POD_SECONDS if model_plan(resource).convert_in_pod
+            "progressDeadlineSeconds": (CONVERT_IN_POD_SECONDS if plan.convert_in_pod
                                         else LOAD_SECONDS) + 600,
             "revisionHistoryLimit": 3,
-            "template": pod_template(resource, serve_path),
+            "template": pod_template(resource, plan, serve_path),
         },
     }
 
@@ -363,107 +353,6 @@ def service(resource: Resource) -> dict:
             "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
-
-
-def engines_service(resource: Resource) -> dict:
-    """A headless Service of the engine pods: its EndpointSlices list the ready engines, which the
-    router watches, and Prometheus scrapes the engines through it while the main Service fronts
-    the router."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": resource.metadata(names.engines_service_name(resource.name)),
-        "spec": {
-            "clusterIP": "None",
-            "selector": names.selector_labels(resource.name),
-            "ports": [{"name": "http", "port": names.ENGINE_PORT, "targetPort": "http", "protocol": "TCP"}],
-        },
-    }
-
-
-def router_args(resource: Resource) -> list[str]:
-    router = resource.spec.router
-    return ["router", "--host", "0.0.0.0", "--port", str(names.ENGINE_PORT),
-            "--service", names.engines_service_name(resource.name), "--namespace", resource.namespace,
-            "--strategy", router.strategy, "--prefix-chars", str(router.prefix_chars),
-            "--load-factor", str(router.load_factor)]
-
-
-def router_deployment(resource: Resource) -> dict:
-    """The router's pods: small, anywhere a pod of the resource may run (no instruction-set floor),
-    with a token to watch EndpointSlices and nothing else."""
-    spec, router = resource.spec, resource.spec.router
-    limits = {"cpu": router.cpu, "memory": router.memory}
-    health = {"httpGet": {"path": "/health", "port": "http"}}
-    container = {
-        "name": "router",
-        "image": router.image,
-        "imagePullPolicy": spec.engine.image_pull_policy,
-        "command": ["ovllm"],
-        "args": router_args(resource),
-        "ports": [{"name": "http", "containerPort": names.ENGINE_PORT, "protocol": "TCP"}],
-        "resources": {"requests": dict(limits), "limits": limits},
-        "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 2},
-        "livenessProbe": {**health, "periodSeconds": 10, "failureThreshold": 6, "timeoutSeconds": 5},
-        # The router stops listening on SIGTERM: first let the Service's endpoints drop this pod.
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
-        "securityContext": _container_security(),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-    }
-    pod_spec = {
-        "serviceAccountName": names.router_name(resource.name),
-        "automountServiceAccountToken": True,
-        "enableServiceLinks": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": USER_ID, "runAsGroup": USER_ID,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
-        # Streams in flight finish before the pod goes.
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-    }
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = [dict(item) for item in spec.tolerations]
-    metadata = {"labels": names.labels(resource.name, "router")}
-    if spec.metrics.enabled:
-        metadata["annotations"] = {"prometheus.io/scrape": "true", "prometheus.io/port": str(names.ENGINE_PORT),
-                                   "prometheus.io/path": "/metrics"}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": resource.metadata(names.router_name(resource.name), component="router"),
-        "spec": {
-            "replicas": router.replicas,
-            "selector": {"matchLabels": names.router_selector_labels(resource.name)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "revisionHistoryLimit": 3,
-            "template": {"metadata": metadata, "spec": pod_spec},
-        },
-    }
-
-
-def router_access(resource: Resource) -> list[dict]:
-    """The router's ServiceAccount, and a Role that lets it read EndpointSlices in its namespace
-    only (the operator can grant no more than it holds itself)."""
-    name = names.router_name(resource.name)
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": resource.metadata(name, component="router"),
-         "automountServiceAccountToken": False},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": resource.metadata(name, component="router"),
-         "rules": [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
-                    "verbs": ["get", "list", "watch"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": resource.metadata(name, component="router"),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": resource.namespace}]},
-    ]
-
-
-def router_children(resource: Resource) -> list[dict]:
-    """Everything the router needs, in the order to apply it (access before the pods use it)."""
-    return [*router_access(resource), engines_service(resource), router_deployment(resource)]
 
 
 def pod_disruption_budget(resource: Resource) -> dict | None:
@@ -493,9 +382,8 @@ def cache_claim(resource: Resource) -> dict | None:
             "metadata": resource.metadata(name, component="model-cache"), "spec": spec}
 
 
-def conversion_job(resource: Resource) -> dict | None:
+def conversion_job(resource: Resource, plan: ModelPlan) -> dict | None:
     """One Job that converts the model into the cache before any engine pod starts."""
-    plan = model_plan(resource)
     if not plan.uses_job:
         return None
     volumes, mounts = _volumes(resource, models_read_only=False)

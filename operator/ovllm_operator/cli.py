@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 
 def add_parser(subparsers, help_line: str) -> None:
@@ -23,8 +22,11 @@ def add_parser(subparsers, help_line: str) -> None:
                         help="peering object shared by the replicas (ClusterKopfPeering or KopfPeering)")
     parser.add_argument("--standalone", action="store_true", help="no peering: this replica always works")
     parser.add_argument("--priority", type=int, default=0, help="among peers, the highest priority works")
-    parser.add_argument("--resync-seconds", type=float, default=10.0,
-                        help="re-check every resource this often (finished Jobs, ready pods, drift)")
+    parser.add_argument("--resync-seconds", type=float, default=600.0,
+                        help="safety resync: re-check every resource this often, besides reacting to every "
+                             "change of it and its children (default 10 minutes)")
+    parser.add_argument("--workers", type=int, default=4,
+                        help="reconciles at once (each blocks on the Kubernetes API while it writes)")
     parser.add_argument("--autoscale-seconds", type=float, default=15.0,
                         help="read the engines' load and decide replicas of autoscaled resources this often")
     parser.add_argument("--log-format", choices=["json", "plain", "full"], default="json",
@@ -35,11 +37,10 @@ def add_parser(subparsers, help_line: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     import logging
 
-    os.environ["OVLLM_RESYNC_SECONDS"] = str(args.resync_seconds)  # read when handlers register
-    os.environ["OVLLM_AUTOSCALE_SECONDS"] = str(args.autoscale_seconds)
     import kopf
 
-    from ovllm_operator import handlers  # noqa: F401 (registers the handlers)
+    from ovllm_operator.controller import Config, Controller
+    from ovllm_operator.kube import Kube
 
     root = logging.getLogger()
     for handler in list(root.handlers):  # `ovllm` set up plain logging; kopf's format replaces it
@@ -49,10 +50,16 @@ def _run(args: argparse.Namespace) -> int:
             args.log_format],
         verbose=logging.getLogger().level <= logging.DEBUG,
     )
+    kube = Kube(_api_client())
+    registry = kopf.OperatorRegistry()
+    Controller(Config(resync_seconds=args.resync_seconds, autoscale_seconds=args.autoscale_seconds,
+                      workers=args.workers), kube).register(registry)
     if not args.standalone:
+        from kubernetes.client import CustomObjectsApi
+
         from ovllm_operator import peering
 
-        peering.ensure_peering(handlers.custom_objects_api(), args.peering, args.namespace)
+        peering.ensure_peering(CustomObjectsApi(kube.api_client), args.peering, args.namespace)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_resync)
     if args.metrics_port:
@@ -61,6 +68,7 @@ def _run(args: argparse.Namespace) -> int:
         prometheus_client.start_http_server(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     kopf.run(
+        registry=registry,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         standalone=args.standalone,
@@ -71,7 +79,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_client():
+    """A client for the cluster the operator runs in, or the kubeconfig's outside one."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
 def _quiet_resync(record) -> bool:
-    """Drop kopf's line for every successful resync (one per resource every few seconds); changes
-    are logged, and posted as Events, by the reconcile itself."""
-    return not str(record.msg).startswith(("Timer 'resync' succeeded", "Timer 'autoscale' succeeded"))
+    """Drop kopf's line for every successful timer or event handler (one per resource and event);
+    changes are logged, and posted as Events, by the reconcile itself."""
+    text = str(record.msg)
+    return not (text.startswith(("Timer ", "Handler ", "Indexing handler ")) and " succeeded" in text)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILES = Counter(
     "ovllm_operator_reconciles_total", "Reconciles of OVLLMDeployment resources", ["trigger", "result"]
@@ -22,4 +22,12 @@ SCALINGS = Counter(
 )
 AUTOSCALE_STEPS = Counter(
     "ovllm_operator_autoscaler_steps_total", "Autoscaler steps by decision reason", ["reason"]
+)
+QUEUE_DEPTH = Gauge(
+    "ovllm_operator_workqueue_depth", "OVLLMDeployments waiting for a reconcile worker"
+)
+AUTOSCALE_READ_SECONDS = Histogram(
+    "ovllm_operator_autoscaler_read_duration_seconds",
+    "Time to read one resource's engine pods' /metrics (bounded by the per-pod timeout)",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10),
 )

@@ -1,19 +1,22 @@
-"""One reconcile of one OVLLMDeployment: build the desired children (builders.py), apply them
-(kube.py), read back what exists, and return the status (status.py).
+"""One reconcile of one OVLLMDeployment: build the desired children (builders.py), apply those that
+differ from the cached ones (kube.py), and return the status (status.py) and when to look again.
 
-The same function serves creation, updates, the operator's restart and the periodic resync: it
-looks only at the resource and the cluster, never at what happened before, so running it again is
-always safe and an unchanged resource writes nothing.
+The same function serves creation, updates, child events, the operator's restart and the safety
+resync: it looks only at the resource and at its children as the watch cache (cache.py) holds them,
+never at what happened before, so running it again is always safe and an unchanged resource
+costs no request at all.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from kubernetes.client.exceptions import ApiException
 
-from ovllm_operator import builders, metrics, names, status
+from ovllm_operator import builders, metrics, names, router_builders, status
+from ovllm_operator.cache import Snapshot
 from ovllm_operator.kube import Applied, Kube
 from ovllm_operator.spec import SpecError
 
@@ -21,10 +24,22 @@ log = logging.getLogger(__name__)
 
 # emit(type, reason, message): an Event on the resource.
 Emit = Callable[[str, str, str], None]
+# How soon a resource whose spec names a missing Secret is looked at again: nothing else tells the
+# operator that a Secret appeared (Secrets are not watched: they are not the operator's).
+MISSING_SECRET_RECHECK_SECONDS = 30.0
 
 
-def reconcile(body: Mapping, kube: Kube, emit: Emit) -> dict:
-    """Bring the children in line with the spec; return the status to write."""
+@dataclass
+class Result:
+    status: dict  # the status to write (the caller writes what changed)
+    recheck_after: float | None = None  # seconds; None: wait for an event or the safety resync
+    secrets_checked: bool = False  # the Secrets the spec names were read, and all are there
+
+
+def reconcile(snapshot: Snapshot, kube: Kube, emit: Emit, check_secrets: bool = True) -> Result:
+    """Bring the children in line with the spec. check_secrets: read the Secrets the spec names
+    (on a spec change, a resync, or while one is missing; otherwise they were there a moment ago)."""
+    body = snapshot.resource
     metadata = body["metadata"]
     name, namespace = metadata["name"], metadata["namespace"]
     previous = dict(body.get("status") or {})
@@ -39,7 +54,7 @@ def reconcile(body: Mapping, kube: Kube, emit: Emit) -> dict:
         observed.spec_error = str(exc)
         raw = (body.get("spec") or {}).get("model") or {}
         observed.model = str(raw.get("hub") or raw.get("imagePath") or (raw.get("pvc") or {}).get("claimName") or "")
-        return _finish(observed, previous, [], emit)
+        return Result(_finish(observed, previous, [], emit))
 
     spec = resource.spec
     plan = builders.model_plan(resource)
@@ -47,41 +62,50 @@ def reconcile(body: Mapping, kube: Kube, emit: Emit) -> dict:
     observed.endpoint = names.endpoint(name, namespace, spec.service.port)
     observed.wanted_path = plan.serve_path
     observed.conversion = "job" if plan.uses_job else "pod" if plan.convert_in_pod else "image"
-    observed.problems = missing_secrets(resource, kube)
+    if check_secrets:
+        observed.problems = missing_secrets(resource, kube)
 
-    applied = [kube.apply(builders.service(resource))]
-    applied += sync_optional(kube, resource, builders.pod_disruption_budget(resource), "policy/v1",
+    applied = [apply(kube, snapshot, builders.service(resource))]
+    applied += sync_optional(kube, snapshot, resource, builders.pod_disruption_budget(resource), "policy/v1",
                              "PodDisruptionBudget")
     if kube.serves("monitoring.coreos.com", "v1", "ServiceMonitor"):
-        applied += sync_optional(kube, resource, builders.service_monitor(resource), "monitoring.coreos.com/v1",
-                                 "ServiceMonitor")
-    router_applied, observed.router = sync_router(kube, resource, had_router=bool(previous.get("router")))
+        applied += sync_optional(kube, snapshot, resource, builders.service_monitor(resource),
+                                 "monitoring.coreos.com/v1", "ServiceMonitor")
+    router_applied, observed.router = sync_router(kube, snapshot, resource)
     applied += router_applied
     if claim := builders.cache_claim(resource):
-        applied.append(kube.create_if_absent(claim))
+        applied.append(kube.create_if_absent(claim, snapshot.child("PersistentVolumeClaim",
+                                                                   claim["metadata"]["name"])))
 
-    current = kube.get("apps/v1", "Deployment", namespace, name)
+    current = snapshot.child("Deployment", name)
     serve_path = plan.serve_path
     if plan.uses_job:
-        job = kube.create_if_absent(builders.conversion_job(resource))
+        job_body = builders.conversion_job(resource, plan)
+        job = kube.create_if_absent(job_body, snapshot.child("Job", job_body["metadata"]["name"]))
         applied.append(job)
         observed.job = status.job_state(job.object)
         if observed.job.state == "succeeded":
-            remove_other_jobs(kube, resource, keep=observed.job.name)
+            applied += remove_other_jobs(kube, snapshot, resource, keep=observed.job.name)
         else:
             if observed.job.state == "running":  # only a pending conversion has a scheduler's reason
-                observed.job_pods_waiting = unschedulable(kube, namespace, f"job-name={observed.job.name}")
+                observed.job_pods_waiting = unschedulable(snapshot.pods({"job-name": observed.job.name}))
             # Until the new conversion is done, the pods keep serving the last converted model.
             serve_path = serving_path(current)
     if serve_path:
-        deployment = kube.apply(builders.deployment(resource, serve_path), before=current)
+        deployment = apply(kube, snapshot, builders.deployment(resource, plan, serve_path))
         applied.append(deployment)
         current = deployment.object
     observed.deployment = current
     observed.model_path = serve_path
     if current is not None:
-        observed.engine_pods_waiting = unschedulable(kube, namespace, names.selector_string(name))
-    return _finish(observed, previous, applied, emit)
+        observed.engine_pods_waiting = unschedulable(snapshot.pods(names.selector_labels(name)))
+    recheck = MISSING_SECRET_RECHECK_SECONDS if observed.problems else None
+    return Result(_finish(observed, previous, applied, emit), recheck,
+                  secrets_checked=check_secrets and not observed.problems)
+
+
+def apply(kube: Kube, snapshot: Snapshot, body: dict) -> Applied:
+    return kube.apply(body, snapshot.child(body["kind"], body["metadata"]["name"]))
 
 
 def _finish(observed: status.Observed, previous: dict, applied: list[Applied], emit: Emit) -> dict:
@@ -109,17 +133,18 @@ def serving_path(deployment: dict | None) -> str | None:
     return None
 
 
-def sync_optional(kube: Kube, resource: builders.Resource, body: dict | None, api_version: str,
-                  kind: str) -> list[Applied]:
+def sync_optional(kube: Kube, snapshot: Snapshot, resource: builders.Resource, body: dict | None,
+                  api_version: str, kind: str) -> list[Applied]:
     """Apply a child the spec asks for; delete ours when the spec no longer asks for it."""
     if body is not None:
-        return [kube.apply(body)]
-    return remove_owned(kube, resource, api_version, kind, resource.name)
+        return [apply(kube, snapshot, body)]
+    return remove_owned(kube, snapshot, resource, api_version, kind, resource.name)
 
 
-def remove_owned(kube: Kube, resource: builders.Resource, api_version: str, kind: str, name: str) -> list[Applied]:
+def remove_owned(kube: Kube, snapshot: Snapshot, resource: builders.Resource, api_version: str, kind: str,
+                 name: str) -> list[Applied]:
     """Delete a child if it exists and is ours (never an object someone else made with that name)."""
-    existing = kube.get(api_version, kind, resource.namespace, name)
+    existing = snapshot.child(kind, name)
     if existing and _owned_by(existing, resource):
         kube.delete(api_version, kind, resource.namespace, name)
         return [Applied(existing, "deleted")]
@@ -133,36 +158,37 @@ ROUTER_CHILDREN = (("apps/v1", "Deployment", names.router_name), ("v1", "Service
                    ("v1", "ServiceAccount", names.router_name))
 
 
-def sync_router(kube: Kube, resource: builders.Resource, had_router: bool) -> tuple[list[Applied], dict | None]:
-    """Apply the router's children when it is enabled, and return its Deployment as read back.
-    Turned off, they are removed once (the status still showing a router is the sign to look: a
-    resource that never had one costs no reads)."""
+def sync_router(kube: Kube, snapshot: Snapshot, resource: builders.Resource) -> tuple[list[Applied], dict | None]:
+    """Apply the router's children when it is enabled, and return its Deployment as read back;
+    turned off, remove those that are left."""
     if resource.spec.router.enabled:
-        applied = [kube.apply(body) for body in builders.router_children(resource)]
+        applied = [apply(kube, snapshot, body) for body in router_builders.router_children(resource)]
         return applied, applied[-1].object
     removed: list[Applied] = []
-    if had_router:
-        for api_version, kind, name_of in ROUTER_CHILDREN:
-            removed += remove_owned(kube, resource, api_version, kind, name_of(resource.name))
+    for api_version, kind, name_of in ROUTER_CHILDREN:
+        removed += remove_owned(kube, snapshot, resource, api_version, kind, name_of(resource.name))
     return removed, None
 
 
-def remove_other_jobs(kube: Kube, resource: builders.Resource, keep: str) -> None:
+def remove_other_jobs(kube: Kube, snapshot: Snapshot, resource: builders.Resource, keep: str) -> list[Applied]:
     """Older conversion Jobs of this resource, once a newer one succeeded."""
-    selector = f"app.kubernetes.io/instance={resource.name},app.kubernetes.io/component=converter"
-    for job in kube.list("batch/v1", "Job", resource.namespace, selector):
-        if job["metadata"]["name"] != keep and _owned_by(job, resource):
-            kube.delete("batch/v1", "Job", resource.namespace, job["metadata"]["name"])
+    removed = []
+    for job in snapshot.of_kind("Job"):
+        job_name = job["metadata"]["name"]
+        if job_name != keep and _owned_by(job, resource) and kube.delete("batch/v1", "Job", resource.namespace,
+                                                                          job_name):
+            removed.append(Applied(job, "deleted"))
+    return removed
 
 
-def unschedulable(kube: Kube, namespace: str, selector: str) -> list[str]:
+def unschedulable(pods: list[dict]) -> list[str]:
     """The scheduler's reason for each pod it cannot place (no node with the ISA, too little memory,
     an unbound claim): the one thing a person needs to read when nothing starts."""
     waiting = []
-    for pod in kube.list("v1", "Pod", namespace, selector):
+    for pod in pods:
         for condition in (pod.get("status") or {}).get("conditions") or []:
             if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-                waiting.append(f"pod {pod['metadata']['name']} cannot be scheduled: {condition.get('message', '')}")
+                waiting.append(f"pod {pod['metadata']['name']} cannot be scheduled: {condition.get('message') or ''}")
     return waiting
 
 

@@ -20,15 +20,6 @@ CONVERTER_OVERHEAD_GIB = 3.0
 # When a model's size is neither given nor written in its name: assume the common 7B class.
 UNKNOWN_PARAMETERS_BILLIONS = 7.0
 
-_UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
-
-
-def quantity_bytes(quantity: str) -> float:
-    """A Kubernetes quantity as bytes, for the forms the schema's pattern accepts (16Gi, 1.5G, 512Mi)."""
-    number = quantity.rstrip("kMGTi")
-    return float(number) * _UNITS[quantity[len(number):]]
-
-
 def gib(value: float) -> str:
     return f"{math.ceil(value)}Gi"
 

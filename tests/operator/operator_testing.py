@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,6 @@ from conftest import ROOT, free_port
 
 GROUP, VERSION, PLURAL = "ovllm.io", "v1alpha1", "ovllmdeployments"
 CHART = ROOT / "charts" / "ovllm-operator"
-RESYNC = 2
 
 
 def wait_for(what: str, check, timeout: float = 60.0, interval: float = 0.5, explain=None):
@@ -42,7 +43,9 @@ def wait_for(what: str, check, timeout: float = 60.0, interval: float = 0.5, exp
 
 
 class Operator:
-    """An `ovllm operator` process with its JSON log kept for assertions."""
+    """An `ovllm operator` process with its JSON log kept for assertions. It runs with the default
+    safety resync (10 minutes), so every test sees what events alone achieve; a test that wants
+    resyncs passes --resync-seconds."""
 
     def __init__(self, kubeconfig: Path, log_path: Path, *args: str, peering: str | None = None):
         self.liveness_port, self.metrics_port = free_port(), free_port()
@@ -52,7 +55,7 @@ class Operator:
         self.peering = peering or f"ovllm-test-{self.liveness_port}"
         self._log = open(log_path, "ab")  # noqa: SIM115 (open for the process's life)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ovllm_cli", "operator", "--resync-seconds", str(RESYNC),
+            [sys.executable, "-m", "ovllm_cli", "operator",
              "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port),
              "--peering", self.peering, "--log-format", "json", *args],
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(kubeconfig)},
@@ -60,6 +63,23 @@ class Operator:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the operator's own series `name` whose labels include `labels` (0: none yet,
+        or the operator is still starting)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+        except ConnectionRefusedError:
+            return 0.0
+        except urllib.error.URLError as exc:
+            if not isinstance(exc.reason, ConnectionRefusedError):
+                raise
+            return 0.0
+        return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                   if sample.name == name and labels.items() <= sample.labels.items())
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -80,6 +100,13 @@ def create(api, namespace: str, name: str, spec: dict) -> dict:
 
 def resource(api, namespace: str, name: str) -> dict:
     return api.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+def settled(api, namespace: str, name: str, seconds: float = 2.0) -> bool:
+    """Whether the resource stays unchanged (status included) for `seconds`."""
+    first = resource(api, namespace, name)["metadata"]["resourceVersion"]
+    time.sleep(seconds)
+    return resource(api, namespace, name)["metadata"]["resourceVersion"] == first
 
 
 def conditions(obj: dict) -> dict:
