@@ -132,6 +132,9 @@ class Controller:
                 try:
                     result = await loop.run_in_executor(self._pool, self._reconcile, snapshot, reason, check_secrets)
                 except Exception as exc:  # noqa: BLE001 (any failure: logged, retried with backoff)
+                    if _namespace_terminating(exc):  # its children go with it: nothing to retry
+                        log.info("%s/%s: its namespace is being deleted", *key)
+                        continue
                     delay = self.queue.retry(key)
                     log.error("reconcile of %s/%s failed, retrying in %.0fs: %s", *key, delay, _describe(exc))
                     continue
@@ -228,6 +231,13 @@ def _index_child(namespace: str, labels: Mapping, body: kopf.Body, **_) -> dict:
 def _index_pod(namespace: str, labels: Mapping, body: kopf.Body, **_) -> dict:
     key = cache.owner_key(namespace, labels)
     return {key: cache.pod_summary(body)} if key else {}
+
+
+def _namespace_terminating(exc: Exception) -> bool:
+    """The API server refuses new objects in a namespace being deleted (403, "being terminated")."""
+    from kubernetes.client.exceptions import ApiException
+
+    return isinstance(exc, ApiException) and exc.status == 403 and "being terminated" in (exc.body or "")
 
 
 def _describe(exc: Exception) -> str:

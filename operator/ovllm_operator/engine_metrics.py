@@ -9,6 +9,7 @@ value and with the reason, and autoscaling.Recommender decides what missing data
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 
 import aiohttp
@@ -80,13 +81,19 @@ async def _read(session: aiohttp.ClientSession, slots: asyncio.Semaphore, pod: s
         except TimeoutError:
             return Reading(pod, None, f"no answer from {url} within {timeout:g}s")
         except aiohttp.ClientConnectorError as exc:  # refused, unreachable, no route
-            return Reading(pod, None, f"cannot connect to {url}: {exc.os_error.strerror or exc.os_error}")
+            return Reading(pod, None, f"cannot connect to {url}: {_reason(exc.os_error)}")
         except (aiohttp.ClientError, ValueError) as exc:  # reset, closed mid-answer, bad URL
             return Reading(pod, None, f"reading {url} failed: {exc}")
     try:
         return Reading(pod, value(text, metric))
     except MetricError as exc:
         return Reading(pod, None, f"{url}: {exc}")
+
+
+def _reason(error: OSError) -> str:
+    """The system's words for a failed connect ("Connection refused", "No route to host"): asyncio
+    writes "Connect call failed (address)" in their place."""
+    return os.strerror(error.errno) if error.errno else str(error)
 
 
 async def read_all_async(targets: list[tuple[str, str]], metric: str, timeout: float = 2.0,

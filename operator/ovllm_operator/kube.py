@@ -135,7 +135,9 @@ class Kube:
                                             _request_timeout=REQUEST_TIMEOUT)
         response.read()
         if not 200 <= response.status <= 299:
-            raise ApiException(http_resp=response)
+            error = ApiException(http_resp=response)
+            error.reason = f"{error.reason} ({method} {url.split('?')[0]})"  # which call, in the logs
+            raise error
         return json.loads(response.data) if response.data else {}
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
@@ -219,6 +221,8 @@ class Kube:
         try:
             self._call("POST", path("v1", "Event", metadata["namespace"]), body=body)
         except ApiException as exc:
+            if exc.status == 403 and "being terminated" in (exc.body or ""):
+                return  # its namespace is being deleted, and the Event with it
             log.warning("cannot post Event %s on %s/%s: %s %s", reason, metadata["namespace"], metadata["name"],
                         exc.status, exc.reason)
 

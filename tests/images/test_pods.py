@@ -53,12 +53,13 @@ def engine_pod(docker_images, ovllm_deployment, tiny_hf, tmp_path_factory):
     scratch = tmp_path_factory.mktemp("pod")
     volumes = {"tmp": empty_dir(scratch / "tmp"), "cache": empty_dir(scratch / "cache"), "source": claim,
                "models": empty_dir(scratch / "models")}
-    pod = builders.deployment(resource)["spec"]["template"]["spec"]
+    plan_of = builders.model_plan(resource)
+    pod = builders.deployment(resource, plan_of)["spec"]["template"]["spec"]
     if plan == "init-container":
         converter_pod, (converter,) = pod, pod["initContainers"]
     else:
         assert "initContainers" not in pod
-        converter_pod = builders.conversion_job(resource)["spec"]["template"]["spec"]
+        converter_pod = builders.conversion_job(resource, plan_of)["spec"]["template"]["spec"]
         (converter,) = converter_pod["containers"]
     converted = docker.run_pod_container(converter_pod, converter, volumes, name=f"{docker.network}-{plan}-convert",
                                          detach=False)
@@ -124,11 +125,11 @@ def test_the_engine_image_serves_the_converted_model(docker_images, engine_pod):
 
 def test_the_router_image_streams_through_to_the_engine_chunk_by_chunk(docker_images, engine_pod,
                                                                         ovllm_deployment, tmp_path):
-    from ovllm_operator import builders
+    from ovllm_operator import router_builders
 
     docker = docker_images
     _, engine_name, _ = engine_pod
-    pod = builders.router_deployment(ovllm_deployment[1])["spec"]["template"]["spec"]
+    pod = router_builders.router_deployment(ovllm_deployment[1])["spec"]["template"]["spec"]
     (router,) = pod["containers"]
     # The EndpointSlice watch (--service, --namespace) needs a cluster: here the engine container is
     # the one backend. Every other argument is the operator's.

@@ -7,11 +7,19 @@ import copy
 import pytest
 
 from ovllm_engine.server import main
-from ovllm_operator import builders, names, sizing
+from ovllm_operator import builders, names, router_builders, sizing
 from ovllm_operator.builders import Resource
 from ovllm_operator.isa import NFD_PREFIX, merge_affinity
 from ovllm_operator.spec import SpecError, parameters_from_name
 
+
+def deployment_of(resource):
+    """The engine Deployment as a reconcile builds it: from the resource's one model plan."""
+    return builders.deployment(resource, builders.model_plan(resource))
+
+
+def conversion_job_of(resource):
+    return builders.conversion_job(resource, builders.model_plan(resource))
 
 def make(spec: dict, name: str = "chat", namespace: str = "team-a") -> Resource:
     return Resource.from_body({"metadata": {"name": name, "namespace": namespace, "uid": "uid-1"}, "spec": spec})
@@ -31,7 +39,7 @@ def env_values(container: dict) -> dict:
 
 def test_engine_env_is_the_contract_from_the_spec_exactly():
     resource = make({**HUB, "engine": {"kvCacheSpaceGiB": 12, "kvCachePrecision": "f16"}, "cpu": {"cores": 6}})
-    env = env_values(engine_container(builders.deployment(resource)))
+    env = env_values(engine_container(deployment_of(resource)))
     assert env == {
         "VLLM_OPENVINO_KVCACHE_SPACE": "12",
         "VLLM_OPENVINO_CPU_KV_CACHE_PRECISION": "f16",
@@ -48,8 +56,8 @@ def test_engine_env_is_the_contract_from_the_spec_exactly():
 def test_weight_format_travels_as_the_env_switch_or_a_flag(weight_format, switch, flags):
     resource = make({"model": {"hub": "Qwen/Qwen2.5-7B-Instruct", "weightFormat": weight_format,
                                "revision": "v1"}})
-    pod = builders.deployment(resource)["spec"]["template"]["spec"]
-    assert env_values(engine_container(builders.deployment(resource)))[
+    pod = deployment_of(resource)["spec"]["template"]["spec"]
+    assert env_values(engine_container(deployment_of(resource)))[
         "VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS"] == switch
     # Without a model cache each pod converts for itself, in an init container with the converter
     # image, into its emptyDir; the engine serves that directory.
@@ -65,7 +73,7 @@ def test_engine_args_carry_the_batching_settings_and_extra_args():
     resource = make({**HUB, "model": {**HUB["model"], "servedModelName": "qwen"},
                      "engine": {"maxNumSeqs": 32, "maxNumBatchedTokens": 1024, "maxModelLen": 4096,
                                 "enablePrefixCaching": False, "extraArgs": ["--max-request-mb=8"]}})
-    args = engine_container(builders.deployment(resource))["args"]
+    args = engine_container(deployment_of(resource))["args"]
     assert args[:2] == ["serve", "/cache/model"]
     for pair in (["--served-model-name", "qwen"], ["--max-num-seqs", "32"], ["--max-num-batched-tokens", "1024"],
                  ["--max-model-len", "4096"], ["--port", "8000"]):
@@ -78,8 +86,8 @@ def test_engine_args_carry_the_batching_settings_and_extra_args():
 def test_engine_shutdown_fits_the_pods_grace_period():
     """preStop (endpoints drop the pod), then --shutdown-grace for requests in flight, then error events
     and the engine's stop: all before the kubelet's SIGKILL at terminationGracePeriodSeconds."""
-    pod = builders.deployment(make(HUB))["spec"]["template"]["spec"]
-    container = engine_container(builders.deployment(make(HUB)))
+    pod = deployment_of(make(HUB))["spec"]["template"]["spec"]
+    container = engine_container(deployment_of(make(HUB)))
     prestop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     args = container["args"]
     grace = float(args[args.index("--shutdown-grace") + 1])
@@ -92,17 +100,17 @@ def test_engine_shutdown_fits_the_pods_grace_period():
     assert liveness["periodSeconds"] * liveness["failureThreshold"] > pod["terminationGracePeriodSeconds"]
     # a longer grace in extraArgs (the last one wins, as in argparse) lengthens the pod's
     longer = make({**HUB, "engine": {"extraArgs": ["--shutdown-grace", "60", "--shutdown-grace=120"]}})
-    pod = builders.deployment(longer)["spec"]["template"]["spec"]
+    pod = deployment_of(longer)["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] > prestop + 120 + exit_seconds
 
 
 def test_resources_are_guaranteed_cores_and_estimated_memory():
     resource = make({**HUB, "engine": {"kvCacheSpaceGiB": 8}, "cpu": {"cores": 4}})
-    resources = engine_container(builders.deployment(resource))["resources"]
+    resources = engine_container(deployment_of(resource))["resources"]
     # 0.5B int8 weights (~0.5 GiB) + 8 GiB KV + 2 GiB overhead, rounded up.
     assert resources == {"requests": {"cpu": "4", "memory": "11Gi"}, "limits": {"cpu": "4", "memory": "11Gi"}}
     given = make({**HUB, "cpu": {"memory": "24Gi"}})
-    assert engine_container(builders.deployment(given))["resources"]["limits"]["memory"] == "24Gi"
+    assert engine_container(deployment_of(given))["resources"]["limits"]["memory"] == "24Gi"
 
 
 def test_memory_estimate_follows_size_and_weight_format():
@@ -136,7 +144,7 @@ def test_memory_below_the_kv_cache_is_reported_not_built():
     ("amx", ["AVX2", "AVX512F", "AVX512BW", "AVX512VL", "AMXTILE", "AMXBF16"]),
 ])
 def test_min_isa_is_required_node_affinity_on_nfd_labels(isa, features):
-    pod = builders.deployment(make({**HUB, "cpu": {"minISA": isa}}))["spec"]["template"]["spec"]
+    pod = deployment_of(make({**HUB, "cpu": {"minISA": isa}}))["spec"]["template"]["spec"]
     (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert term["matchExpressions"] == [
         {"key": f"{NFD_PREFIX}{feature}", "operator": "In", "values": ["true"]} for feature in features]
@@ -169,7 +177,7 @@ def test_user_affinity_is_merged_never_replaced():
 
 
 def test_pod_is_locked_down_and_probed():
-    deployment = builders.deployment(make(HUB))
+    deployment = deployment_of(make(HUB))
     pod = deployment["spec"]["template"]["spec"]
     container = engine_container(deployment)
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
@@ -182,7 +190,7 @@ def test_pod_is_locked_down_and_probed():
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] == 30 * 60
     assert deployment["spec"]["progressDeadlineSeconds"] >= 2 * 3600
-    cached = builders.deployment(make({**HUB, "modelCache": {}}))
+    cached = deployment_of(make({**HUB, "modelCache": {}}))
     assert 30 * 60 <= cached["spec"]["progressDeadlineSeconds"] < 2 * 3600
     assert "initContainers" not in cached["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
@@ -192,12 +200,12 @@ def test_pod_is_locked_down_and_probed():
 
 def test_model_cache_means_one_conversion_job_and_pods_reading_its_output():
     resource = make({**HUB, "modelCache": {"size": "30Gi", "storageClassName": "nfs"}})
-    job = builders.conversion_job(resource)
+    job = conversion_job_of(resource)
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:3] == ["convert", "Qwen/Qwen2.5-0.5B-Instruct", "--output"]
     output = args[3]
     assert output.startswith("/models/Qwen2.5-0.5B-Instruct--int8--")
-    container = engine_container(builders.deployment(resource))
+    container = engine_container(deployment_of(resource))
     assert container["args"][1] == output
     assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
     claim = builders.cache_claim(resource)
@@ -206,17 +214,17 @@ def test_model_cache_means_one_conversion_job_and_pods_reading_its_output():
                              "storageClassName": "nfs"}
     # A new model (or weight format) is a new Job and a new directory; the same spec the same ones.
     int4 = make({**HUB, "model": {**HUB["model"], "weightFormat": "int4"}, "modelCache": {}})
-    assert builders.conversion_job(int4)["metadata"]["name"] != job["metadata"]["name"]
+    assert conversion_job_of(int4)["metadata"]["name"] != job["metadata"]["name"]
     assert builders.model_plan(int4).serve_path != output
-    assert builders.conversion_job(resource) == job
+    assert conversion_job_of(resource) == job
     assert len(job["metadata"]["name"]) <= 63
 
 
 def test_image_models_are_served_as_they_are():
     resource = make({"model": {"imagePath": "/opt/models/qwen-ov"}})
-    assert builders.conversion_job(resource) is None
+    assert conversion_job_of(resource) is None
     assert builders.cache_claim(resource) is None
-    assert engine_container(builders.deployment(resource))["args"][1] == "/opt/models/qwen-ov"
+    assert engine_container(deployment_of(resource))["args"][1] == "/opt/models/qwen-ov"
 
 
 @pytest.mark.parametrize(("model", "serve", "flags"), [
@@ -234,10 +242,10 @@ def test_gguf_files_are_served_as_they_are_without_conversion(model, serve, flag
     cache = {} if "imagePath" not in model else None
     resource = make({"model": {**model, "weightFormat": "int4"}, "modelCache": cache})
     assert resource.spec.model.is_gguf and not resource.spec.model.needs_conversion
-    assert builders.conversion_job(resource) is None
-    pod = builders.deployment(resource)["spec"]["template"]["spec"]
+    assert conversion_job_of(resource) is None
+    pod = deployment_of(resource)["spec"]["template"]["spec"]
     assert "initContainers" not in pod
-    container = engine_container(builders.deployment(resource))
+    container = engine_container(deployment_of(resource))
     assert container["args"][1] == serve
     assert container["args"][-len(flags):] == flags if flags else "--gguf-file" not in container["args"]
     assert "--weight-format" not in container["args"]
@@ -252,7 +260,7 @@ def test_gguf_files_are_served_as_they_are_without_conversion(model, serve, flag
 
 def test_pvc_source_is_mounted_read_only():
     resource = make({"model": {"pvc": {"claimName": "weights", "path": "llama/8b"}}, "modelCache": {}})
-    job = builders.conversion_job(resource)
+    job = conversion_job_of(resource)
     assert job["spec"]["template"]["spec"]["containers"][0]["args"][1] == "/source/llama/8b"
     assert {"name": "source", "persistentVolumeClaim": {"claimName": "weights", "readOnly": True}} in \
         job["spec"]["template"]["spec"]["volumes"]
@@ -264,22 +272,22 @@ def test_service_endpoint_and_children_are_owned():
     assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
     assert svc["metadata"]["annotations"] == {"a": "b"}
     assert names.endpoint("chat", "team-a", 80) == "http://chat.team-a.svc:80/v1"
-    for child in (svc, builders.deployment(resource), builders.service_monitor(resource)):
+    for child in (svc, deployment_of(resource), builders.service_monitor(resource)):
         (owner,) = child["metadata"]["ownerReferences"]
         assert owner["kind"] == "OVLLMDeployment" and owner["uid"] == "uid-1" and owner["controller"] is True
 
 
 def test_service_annotations_do_not_touch_the_pod_template():
-    before = builders.deployment(make(HUB))
-    after = builders.deployment(make({**HUB, "service": {"annotations": {"team": "x"}}}))
+    before = deployment_of(make(HUB))
+    after = deployment_of(make({**HUB, "service": {"annotations": {"team": "x"}}}))
     assert before == after
-    assert builders.deployment(make({**HUB, "engine": {"kvCacheSpaceGiB": 6}})) != before
+    assert deployment_of(make({**HUB, "engine": {"kvCacheSpaceGiB": 6}})) != before
 
 
 def test_api_key_and_hub_token_come_from_secrets():
     resource = make({"model": {**HUB["model"], "hubTokenSecretRef": {"name": "hf", "key": "token"}},
                      "apiKeySecretRef": {"name": "keys", "key": "api-key"}})
-    pod = builders.deployment(resource)["spec"]["template"]["spec"]
+    pod = deployment_of(resource)["spec"]["template"]["spec"]
     env = env_values(pod["containers"][0])
     assert env["VLLM_API_KEY"] == {"secretKeyRef": {"name": "keys", "key": "api-key"}}
     assert "HF_TOKEN" not in env  # only what downloads gets the hub token
@@ -290,7 +298,7 @@ def test_extra_env_may_not_override_the_contract():
     with pytest.raises(SpecError, match="spec.engine.extraEnv: VLLM_OPENVINO_KVCACHE_SPACE"):
         make({**HUB, "engine": {"extraEnv": [{"name": "VLLM_OPENVINO_KVCACHE_SPACE", "value": "99"}]}})
     other = make({**HUB, "engine": {"extraEnv": [{"name": "HOME", "value": "/data"}, {"name": "X", "value": "1"}]}})
-    env = env_values(engine_container(builders.deployment(other)))
+    env = env_values(engine_container(deployment_of(other)))
     assert env["HOME"] == "/data" and env["X"] == "1"
 
 
@@ -338,10 +346,10 @@ def test_a_router_fronts_the_engines_with_only_the_rights_to_watch_endpointslice
     service = builders.service(resource)
     assert service["spec"]["selector"] == names.router_selector_labels("chat")
     assert service["spec"]["ports"][0]["port"] == 8000
-    kinds = [(child["kind"], child["metadata"]["name"]) for child in builders.router_children(resource)]
+    kinds = [(child["kind"], child["metadata"]["name"]) for child in router_builders.router_children(resource)]
     assert kinds == [("ServiceAccount", "chat-router"), ("Role", "chat-router"), ("RoleBinding", "chat-router"),
                      ("Service", "chat-engines"), ("Deployment", "chat-router")]
-    account, role, binding, engines, deployment = builders.router_children(resource)
+    account, role, binding, engines, deployment = router_builders.router_children(resource)
     assert role["rules"] == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
                               "verbs": ["get", "list", "watch"]}]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "chat-router", "namespace": "team-a"}]
@@ -365,7 +373,7 @@ def test_a_router_fronts_the_engines_with_only_the_rights_to_watch_endpointslice
                                  "--load-factor", "1.5"]
     assert container["securityContext"]["readOnlyRootFilesystem"] and pod["spec"]["securityContext"]["runAsNonRoot"]
     assert container["resources"]["requests"] == container["resources"]["limits"] == {"cpu": "1", "memory": "512Mi"}
-    for child in builders.router_children(resource):
+    for child in router_builders.router_children(resource):
         assert child["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
 
 

@@ -8,9 +8,17 @@ import pytest
 from ovllm_cli.main import parse_args
 from ovllm_engine.config import parse_env
 from ovllm_engine.onboard.options import resolve, resolve_for_gguf
-from ovllm_operator import builders
+from ovllm_operator import builders, router_builders
 from ovllm_operator.builders import Resource
 
+
+def deployment_of(resource):
+    """The engine Deployment as a reconcile builds it: from the resource's one model plan."""
+    return builders.deployment(resource, builders.model_plan(resource))
+
+
+def conversion_job_of(resource):
+    return builders.conversion_job(resource, builders.model_plan(resource))
 
 def view(container: dict):
     """What `ovllm` in a built container would see: its parsed flags and environment settings."""
@@ -23,7 +31,7 @@ def view(container: dict):
 def engine_view(spec: dict):
     """The engine container's view, and the view of the init container that converts its model."""
     resource = Resource.from_body({"metadata": {"name": "chat", "namespace": "ns", "uid": "u"}, "spec": spec})
-    pod = builders.deployment(resource)["spec"]["template"]["spec"]
+    pod = deployment_of(resource)["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     converter = view(pod["initContainers"][0]) if pod.get("initContainers") else None
     return (*view(container), converter)
@@ -79,7 +87,7 @@ def test_a_gguf_source_is_served_as_it_is_whatever_the_weight_format(model, serv
 def test_the_conversion_job_asks_for_the_same_weights():
     resource = Resource.from_body({"metadata": {"name": "c", "namespace": "ns", "uid": "u"}, "spec": {
         "model": {"hub": "Qwen/Qwen2.5-7B-Instruct", "weightFormat": "int4", "revision": "abc"}, "modelCache": {}}})
-    (container,) = builders.conversion_job(resource)["spec"]["template"]["spec"]["containers"]
+    (container,) = conversion_job_of(resource)["spec"]["template"]["spec"]["containers"]
     args = parse_args(container["args"])
     settings = parse_env({item["name"]: item["value"] for item in container["env"] if "value" in item})
     assert (args.model, args.revision) == ("Qwen/Qwen2.5-7B-Instruct", "abc")
@@ -101,7 +109,7 @@ def test_the_router_pod_asks_the_router_for_what_the_spec_says():
     resource = Resource.from_body({"metadata": {"name": "chat", "namespace": "ns", "uid": "u"}, "spec": {
         "model": {"hub": "Qwen/Qwen2.5-0.5B-Instruct"},
         "router": {"enabled": True, "strategy": "round-robin", "prefixChars": 300, "loadFactor": 2}}})
-    (container,) = builders.router_deployment(resource)["spec"]["template"]["spec"]["containers"]
+    (container,) = router_builders.router_deployment(resource)["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["ovllm"]
     args = parse_args(container["args"])
     assert args.command == "router"

@@ -82,7 +82,7 @@ def test_crd_names_scale_subresource_and_columns():
 
 
 def test_operator_imports_nothing_of_the_engine():
-    code = ("import sys, ovllm_operator.handlers, ovllm_operator.cli, ovllm_operator.reconcile; "
+    code = ("import sys, ovllm_operator.controller, ovllm_operator.cli, ovllm_operator.reconcile; "
             "heavy = [m for m in ('ovllm_engine', 'openvino', 'openvino_genai', 'torch', 'optimum') "
             "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -30,7 +30,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{/*
 What the operator does to an OVLLMDeployment's children, verb by verb; the same rules go into the
 ClusterRole (every namespace) or into one Role per watched namespace. Children are written with
-server-side apply (patch, and create for a new object).
+server-side apply (patch, and create for a new object), and read from the operator's watch cache
+(list and watch, filtered to its own by label): never one by one.
 */}}
 {{- define "ovllm-operator.rules" -}}
 - apiGroups: [ovllm.io]
@@ -46,37 +47,38 @@ server-side apply (patch, and create for a new object).
 # Engine and router Deployments; the router's are removed when spec.router is turned off.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # The router's identity, and its Role to read EndpointSlices: Kubernetes lets the operator grant
 # only what it holds itself, hence the endpointslices rule below.
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
   verbs: [get, list, watch]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, create, delete]
+  verbs: [get, list, watch, create, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [get, create]
-# Why a pod is not scheduled goes into status; the autoscaler finds the ready engine pods' addresses.
+  verbs: [get, list, watch, create]
+# Pods' readiness and why one is not scheduled go into status; the autoscaler finds the ready
+# engine pods' addresses.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
 # Only to say in status that a Secret the spec names is missing; never listed, never read by name
 # other than those.
 - apiGroups: [""]
