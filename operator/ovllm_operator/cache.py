@@ -81,6 +81,7 @@ class Snapshot:
 
     resource: dict | None  # None: deleted
     children: dict[str, dict[str, dict]] = field(default_factory=dict)  # kind -> name -> object
+    confirmed: bool = False  # the resource was read from the API server and still exists
 
     def child(self, kind: str, name: str) -> dict | None:
         return self.children.get(kind, {}).get(name)

@@ -27,10 +27,11 @@ import kopf
 from ovllm_operator import autoscaler, cache, engine_metrics, metrics, names
 from ovllm_operator.cache import Key
 from ovllm_operator.kube import Kube
-from ovllm_operator.reconcile import Result, reconcile
+from ovllm_operator.reconcile import ResourceGone, Result, reconcile
 from ovllm_operator.spec import OVLLMDeploymentSpec, SpecError, parse_spec
 
 log = logging.getLogger(__name__)
+CHILD_DELETED_DELAY = 0.5  # seconds
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,16 @@ class Controller:
             return
         self.queue.add(key, "resource")
 
-    async def _child_event(self, namespace: str, labels: Mapping, **_) -> None:
-        if key := cache.owner_key(namespace, labels):
+    async def _child_event(self, event: Mapping, namespace: str, labels: Mapping, **_) -> None:
+        key = cache.owner_key(namespace, labels)
+        if key is None:
+            return
+        if event.get("type") == "DELETED":
+            # Deleted by hand, or by the garbage collector because the resource itself is gone: its
+            # own DELETED event comes through another watch, a moment later or sooner. Waiting a
+            # moment spares making children again for a resource that no longer exists.
+            self.queue.add_after(key, "child", CHILD_DELETED_DELAY)
+        else:
             self.queue.add(key, "child")
 
     async def _resync(self, namespace: str, name: str, **_) -> None:
@@ -134,6 +143,8 @@ class Controller:
                 except Exception as exc:  # noqa: BLE001 (any failure: logged, retried with backoff)
                     if _namespace_terminating(exc):  # its children go with it: nothing to retry
                         log.info("%s/%s: its namespace is being deleted", *key)
+                        continue
+                    if isinstance(exc, ResourceGone):  # its own DELETED event is on its way
                         continue
                     delay = self.queue.retry(key)
                     log.error("reconcile of %s/%s failed, retrying in %.0fs: %s", *key, delay, _describe(exc))
@@ -159,6 +170,9 @@ class Controller:
             changed = {key: value for key, value in result.status.items() if old.get(key) != value}
             if changed:
                 self.kube.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], changed)
+        except ResourceGone:
+            metrics.RECONCILES.labels(reason, "gone").inc()
+            raise
         except Exception:
             metrics.RECONCILES.labels(reason, "error").inc()
             raise

@@ -74,14 +74,12 @@ def reconcile(snapshot: Snapshot, kube: Kube, emit: Emit, check_secrets: bool = 
     router_applied, observed.router = sync_router(kube, snapshot, resource)
     applied += router_applied
     if claim := builders.cache_claim(resource):
-        applied.append(kube.create_if_absent(claim, snapshot.child("PersistentVolumeClaim",
-                                                                   claim["metadata"]["name"])))
+        applied.append(create_if_absent(kube, snapshot, claim))
 
     current = snapshot.child("Deployment", name)
     serve_path = plan.serve_path
     if plan.uses_job:
-        job_body = builders.conversion_job(resource, plan)
-        job = kube.create_if_absent(job_body, snapshot.child("Job", job_body["metadata"]["name"]))
+        job = create_if_absent(kube, snapshot, builders.conversion_job(resource, plan))
         applied.append(job)
         observed.job = status.job_state(job.object)
         if observed.job.state == "succeeded":
@@ -105,7 +103,35 @@ def reconcile(snapshot: Snapshot, kube: Kube, emit: Emit, check_secrets: bool = 
 
 
 def apply(kube: Kube, snapshot: Snapshot, body: dict) -> Applied:
-    return kube.apply(body, snapshot.child(body["kind"], body["metadata"]["name"]))
+    cached = snapshot.child(body["kind"], body["metadata"]["name"])
+    if cached is None:
+        confirm_resource(kube, snapshot)
+    return kube.apply(body, cached)
+
+
+def create_if_absent(kube: Kube, snapshot: Snapshot, body: dict) -> Applied:
+    cached = snapshot.child(body["kind"], body["metadata"]["name"])
+    if cached is None:
+        confirm_resource(kube, snapshot)
+    return kube.create_if_absent(body, cached)
+
+
+class ResourceGone(Exception):
+    """The resource was deleted, though the cache still held it."""
+
+
+def confirm_resource(kube: Kube, snapshot: Snapshot) -> None:
+    """Before making a child the cache lacks, read the resource itself, once per reconcile: the
+    garbage collector deleting a deleted resource's children sends their events through other
+    watches than the resource's own, and one may arrive first. Making children again then would
+    only make work for the garbage collector."""
+    if snapshot.confirmed:
+        return
+    metadata = snapshot.resource["metadata"]
+    live = kube.get(f"{names.GROUP}/{names.VERSION}", names.KIND, metadata["namespace"], metadata["name"])
+    if live is None or live["metadata"]["uid"] != metadata["uid"] or live["metadata"].get("deletionTimestamp"):
+        raise ResourceGone(f"{metadata['namespace']}/{metadata['name']}")
+    snapshot.confirmed = True
 
 
 def _finish(observed: status.Observed, previous: dict, applied: list[Applied], emit: Emit) -> dict:
