@@ -61,6 +61,10 @@ NODES: dict[str, tuple[str, ...]] = {
 NODE_RESOURCES = {"cpu": "32", "memory": "128Gi", "pods": "110"}  # a modest Xeon server
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 
+# The controller-manager's and scheduler's own client rate limits, as clusters of a thousand
+# Deployments set them: at the defaults (20 and 50 requests a second) the controller-manager alone
+# takes about 4 minutes to make 1000 Deployments' ReplicaSets and pods (benchmarks/operator_scale.py).
+CLIENT_RATE = ("--kube-api-qps=300", "--kube-api-burst=600")
 TOKEN = "admin-token"  # static token of a system:masters user; loopback-only test clusters
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.1/16"
@@ -668,10 +672,11 @@ def start(run_dir: Path | str, timeout: float = 120.0, detach: bool = False, rea
             "--use-service-account-credentials=true", f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--root-ca-file={pki / 'ca.crt'}", f"--cluster-signing-cert-file={pki / 'ca.crt'}",
             f"--cluster-signing-key-file={pki / 'ca.key'}",
-            "--pvclaimbinder-sync-period=2s"], detach)  # default 15s: a claim made with its PV waits that long
+            "--pvclaimbinder-sync-period=2s",  # default 15s: a claim made with its PV waits that long
+            *CLIENT_RATE], detach)
         plane._spawn("kube-scheduler", [
-            f"--kubeconfig={kubeconfig}", "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false"],
-            detach)
+            f"--kubeconfig={kubeconfig}", "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false",
+            *CLIENT_RATE], detach)
         plane._spawn("kwok", [
             f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={'='.join(KWOK_NODE_ANNOTATION)}",
