@@ -24,8 +24,9 @@ one checkout would otherwise win). The CRDs are installed from the design's own 
 First, per size, the floor (skip with --no-floor): on its own fresh control plane, N plain
 Deployments and Services like the engines' are created by hand, with no operator, and timed until
 every Deployment has its pod ready: how fast the control plane alone makes N engines ready, a bound
-no operator design can beat (on this control plane the controller-manager's own client rate limit
-sets it: about 0.24 s per Deployment at N=1000 on 2 cores).
+no operator design can beat (at the controller-manager's default client rate limit, 20 requests a
+second, it took 239 s for N=1000 on 2 cores; hack/controlplane.py now raises that limit, and the
+JSON records the control plane's client_rate flags).
 
 Then per design and size:
 
@@ -55,10 +56,12 @@ Then per design and size:
       reported: the resource's create -> Job Complete and create -> Ready).
 5. autoscaler (skip with --no-autoscale): spec.autoscaling is turned on for M (--autoscaled, default
    N) of the resources; the kwok pods' addresses answer nothing, so every read of their /metrics
-   fails or times out. After a warm-up, the operator's own autoscaler step counter
-   (ovllm_operator_autoscaler_steps_total, all reasons) over --autoscale-window gives the steps per
-   second achieved, against the M / interval needed (interval: the design's --autoscale-seconds
-   argument, else --autoscale-interval, the operator's default).
+   fails or times out (how one read ends here is recorded as pod_metrics_probe: some sandboxes'
+   networks answer every address with an HTTP 404 at once, which is the cheap case). After a
+   warm-up, the operator's own autoscaler step counter (ovllm_operator_autoscaler_steps_total, all
+   reasons) over --autoscale-window gives the steps per second achieved, against the M / interval
+   needed (interval: the design's --autoscale-seconds argument, else --autoscale-interval, the
+   operator's default).
 
 The results go to --out as JSON (with the machine's CPU model and core count, and each tree's
 commit), and a table of every design side by side, with each design's ratio to the first, is printed
@@ -594,8 +597,28 @@ def spread(names: list[str], count: int, offset: int) -> list[str]:
     return [names[(offset + i * step) % len(names)] for i in range(count)]
 
 
+def probe_pod_metrics(api: Api, name: str) -> dict:
+    """How a read of one engine pod's /metrics ends from this machine (the operator's reads end the
+    same way): kwok's pod addresses have nothing behind them, so it is refused, unreachable, times
+    out, or (behind some sandboxes' network) answered by something else."""
+    selector = urllib.parse.quote(f"app.kubernetes.io/instance={name},app.kubernetes.io/name=ovllm-engine")
+    pods = (api.get(f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector={selector}") or {}).get("items") or []
+    address = next((p["status"]["podIP"] for p in pods if (p.get("status") or {}).get("podIP")), None)
+    if address is None:
+        return {"outcome": "no pod address"}
+    url = f"http://{address}:8000/metrics"
+    started = time.monotonic()
+    try:
+        response = urllib3.PoolManager().request("GET", url, timeout=urllib3.Timeout(total=2.0), retries=False)
+        outcome = f"HTTP {response.status}"
+    except urllib3.exceptions.HTTPError as exc:
+        outcome = f"{type(exc).__name__}: {exc}"[:200]
+    return {"url": url, "outcome": outcome, "seconds": round(time.monotonic() - started, 3)}
+
+
 def autoscale_phase(api: Api, operator: Operator, names: list[str], interval: float, warmup: float,
                     window: float) -> dict:
+    probe = probe_pod_metrics(api, names[0])
     started = time.monotonic()
     with ThreadPoolExecutor(CREATE_THREADS) as pool:
         list(pool.map(lambda n: api.merge_patch(cr_path(n), {"spec": {"autoscaling": AUTOSCALING}}), names))
@@ -627,6 +650,7 @@ def autoscale_phase(api: Api, operator: Operator, names: list[str], interval: fl
         "last_decision_reasons": reasons,
         "operator_cpu_percent_of_one_core": round(100 * cpu / elapsed, 2), **memory_mib(operator.pid),
         "api_requests_per_minute": request_window(before, after)["requests_per_minute"],
+        "pod_metrics_probe": probe,
     }
 
 
@@ -639,12 +663,14 @@ def autoscale_interval(args: list[str], default: float) -> float:
     return default
 
 
-def run_one(design: str, tree: Path, operator_args: list[str], n: int, opts, work: Path) -> dict:
-    """Every phase for one design at one size, on its own control plane."""
+def run_one(design: str, tree: Path, operator_args: list[str], n: int, opts, work: Path, runs: list) -> None:
+    """Every phase for one design at one size, on its own control plane; its result goes into runs at
+    once and fills as it goes, so an interrupted run keeps what it measured."""
     controlplane = load_controlplane()
     run_dir = work / f"{design}-{n}"
     run_dir.mkdir(parents=True)
     result: dict = {"design": design, "resources": n, "phases": {}}
+    runs.append(result)
     phases = result["phases"]
     wall = time.monotonic()
     plane = operator = None
@@ -738,6 +764,9 @@ def run_one(design: str, tree: Path, operator_args: list[str], n: int, opts, wor
         if operator:
             result["operator_log_tail"] = operator.log_tail()
         log(f"{design} N={n}: FAILED: {result['error'][:2000]}")
+    except KeyboardInterrupt:
+        result["error"] = "interrupted"
+        raise
     finally:
         if operator:
             operator.stop()
@@ -746,7 +775,6 @@ def run_one(design: str, tree: Path, operator_args: list[str], n: int, opts, wor
         if not opts.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
         result["wall_seconds"] = round(time.monotonic() - wall, 1)
-    return result
 
 
 # ---------------------------------------------------------------------------- the control plane's floor
@@ -779,13 +807,14 @@ def plain_children(name: str) -> tuple[dict, dict]:
     return deployment, service
 
 
-def run_floor(tree: Path, n: int, opts, work: Path) -> dict:
+def run_floor(tree: Path, n: int, opts, work: Path, floors: list) -> None:
     """What the control plane alone needs for N engines: N Deployments and Services created at once
     by hand (no operator) until every Deployment has its pod ready. No operator design can be faster."""
     controlplane = load_controlplane()
     run_dir = work / f"floor-{n}"
     run_dir.mkdir(parents=True)
     result: dict = {"resources": n}
+    floors.append(result)
     wall = time.monotonic()
     plane = None
     try:
@@ -822,13 +851,15 @@ def run_floor(tree: Path, n: int, opts, work: Path) -> dict:
     except Exception as exc:  # recorded; the designs' runs go on
         result["error"] = f"{type(exc).__name__}: {exc}"
         log(f"floor N={n}: FAILED: {result['error'][:2000]}")
+    except KeyboardInterrupt:
+        result["error"] = "interrupted"
+        raise
     finally:
         if plane and (left := plane.stop()):
             result["left_on_host"] = left
         if not opts.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
         result["wall_seconds"] = round(time.monotonic() - wall, 1)
-    return result
 
 
 # ------------------------------------------------------------------------------------- reporting
@@ -997,6 +1028,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "operator_scale", "command": [sys.executable, *sys.argv],
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(), "sizes": sizes,
+        "control_plane": {"client_rate": list(getattr(controlplane, "CLIENT_RATE", ()) or ()) or "defaults",
+                          "binaries": str(controlplane.install_dir())},
         "designs": {name: {**tree_version(tree), "operator_args": extra.get(name, [])} for name, tree in trees.items()},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()
                      if k not in ("operator", "operator_args")},
@@ -1013,10 +1046,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for n in sizes:
             if opts.floor:
-                results["floor"].append(run_floor(next(iter(trees.values())), n, opts, work))
+                run_floor(next(iter(trees.values())), n, opts, work, results["floor"])
                 save()
             for name, tree in trees.items():
-                results["runs"].append(run_one(name, tree, extra.get(name, []), n, opts, work))
+                run_one(name, tree, extra.get(name, []), n, opts, work, results["runs"])
                 save()
     except KeyboardInterrupt:
         results["interrupted"] = True

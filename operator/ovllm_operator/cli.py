@@ -50,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
             args.log_format],
         verbose=logging.getLogger().level <= logging.DEBUG,
     )
-    kube = Kube(_api_client())
+    kube = Kube(_api_client(connections=args.workers + 4))  # the workers', the Events' and the autoscaler's
     registry = kopf.OperatorRegistry()
     Controller(Config(resync_seconds=args.resync_seconds, autoscale_seconds=args.autoscale_seconds,
                       workers=args.workers), kube).register(registry)
@@ -79,15 +79,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _api_client():
-    """A client for the cluster the operator runs in, or the kubeconfig's outside one."""
+def _api_client(connections: int):
+    """A client for the cluster the operator runs in, or the kubeconfig's outside one, keeping up
+    to `connections` connections open (one per thread that calls the API at once)."""
     from kubernetes import client, config
 
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = connections
+    return client.ApiClient(configuration)
 
 
 def _quiet_resync(record) -> bool:

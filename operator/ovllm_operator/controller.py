@@ -26,6 +26,7 @@ import kopf
 
 from ovllm_operator import autoscaler, cache, engine_metrics, metrics, names
 from ovllm_operator.cache import Key
+from ovllm_operator.events import EventRecorder
 from ovllm_operator.kube import Kube
 from ovllm_operator.reconcile import ResourceGone, Result, reconcile
 from ovllm_operator.spec import OVLLMDeploymentSpec, SpecError, parse_spec
@@ -48,6 +49,7 @@ class Controller:
         self.indexes: Mapping = {}
         self.queue = None  # a WorkQueue, made on kopf's loop at startup
         self._pool = ThreadPoolExecutor(config.workers, thread_name_prefix="reconcile")
+        self.events = EventRecorder(kube)
         self._workers: list[asyncio.Task] = []
         # The generation whose Secrets were all there: re-read only on a spec change, a resync, or
         # while one is missing (Secrets are not the operator's, so they are not watched).
@@ -100,6 +102,7 @@ class Controller:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.events.stop()
 
     async def _resource_event(self, event: Mapping, namespace: str, name: str, body: kopf.Body, **_) -> None:
         key = (namespace, name)
@@ -181,7 +184,7 @@ class Controller:
         return result
 
     def _emitter(self, body: Mapping):
-        return lambda type_, reason, message: self.kube.event(body, type_, reason, message)
+        return lambda type_, reason, message: self.events.record(body, type_, reason, message)
 
     # --- the autoscaler ---
 

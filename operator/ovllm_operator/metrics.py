@@ -31,3 +31,6 @@ AUTOSCALE_READ_SECONDS = Histogram(
     "Time to read one resource's engine pods' /metrics (bounded by the per-pod timeout)",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10),
 )
+EVENTS_DROPPED = Counter(
+    "ovllm_operator_events_dropped_total", "Events not posted because too many were waiting"
+)
