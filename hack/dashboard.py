@@ -94,6 +94,10 @@ ROWS = [
             ("{{direction}}", f"sum by (direction) (increase(ovllm_operator_autoscaler_scalings_total{RATE}))")]),
         ("Children changed", "Children the operator created, updated or deleted.", "short", [
             ("{{kind}} {{action}}", f"sum by (kind, action) (increase(ovllm_operator_child_changes_total{RATE}))")]),
+        ("Work queue", "Resources waiting for a reconcile worker (growing: raise --workers), and Events "
+         "dropped for too many waiting.", "short", [
+            ("waiting", "sum(ovllm_operator_workqueue_depth)"),
+            ("events dropped", f"sum(increase(ovllm_operator_events_dropped_total{RATE}))")]),
     ]),
 ]
 
