@@ -54,7 +54,7 @@ class Controller:
         # The generation whose Secrets were all there: re-read only on a spec change, a resync, or
         # while one is missing (Secrets are not the operator's, so they are not watched).
         self._secrets_seen: dict[Key, int] = {}
-        self._specs: dict[tuple[str, int], OVLLMDeploymentSpec | None] = {}  # (uid, generation) -> parsed
+        self._specs: dict[str, tuple[int, OVLLMDeploymentSpec | None]] = {}  # uid -> (generation, parsed)
         self._metric_slots: asyncio.Semaphore | None = None
 
     def register(self, registry: kopf.OperatorRegistry) -> None:
@@ -110,7 +110,7 @@ class Controller:
             self.queue.forget(key)
             self._secrets_seen.pop(key, None)
             autoscaler.RECOMMENDER.forget(body["metadata"]["uid"])
-            self._specs = {cached: spec for cached, spec in self._specs.items() if cached[0] != body["metadata"]["uid"]}
+            self._specs.pop(body["metadata"]["uid"], None)
             return
         self.queue.add(key, "resource")
 
@@ -217,16 +217,15 @@ class Controller:
     def _spec(self, body: Mapping) -> OVLLMDeploymentSpec | None:
         """The parsed spec, once per generation (the autoscaler asks every few seconds)."""
         metadata = body["metadata"]
-        key = (metadata["uid"], metadata.get("generation", 0))
-        if key not in self._specs:
+        generation = metadata.get("generation", 0)
+        cached = self._specs.get(metadata["uid"])
+        if cached is None or cached[0] != generation:
             try:
-                self._specs[key] = parse_spec(dict(body.get("spec") or {}))
+                cached = (generation, parse_spec(dict(body.get("spec") or {})))
             except SpecError:
-                self._specs[key] = None
-            stale = [cached for cached in self._specs if cached[0] == key[0] and cached != key]
-            for cached in stale:
-                del self._specs[cached]
-        return self._specs[key]
+                cached = (generation, None)
+            self._specs[metadata["uid"]] = cached
+        return cached[1]
 
 
 def _autoscaling_matters(spec: Mapping, status: Mapping, **_) -> bool:

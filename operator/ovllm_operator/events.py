@@ -36,7 +36,10 @@ class EventRecorder:
             item = self._pending.get()
             if item is None:
                 return
-            self._kube.event(*item)
+            try:
+                self._kube.event(*item)  # logs the API server's refusals itself
+            except Exception as exc:  # noqa: BLE001 (unreachable API server: this Event is lost, not the poster)
+                log.warning("cannot post Event %s: %s: %s", item[2], type(exc).__name__, exc)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Post what is queued (within `timeout`), then stop."""

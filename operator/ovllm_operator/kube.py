@@ -25,23 +25,16 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.utils.quantity import parse_quantity
 
 from ovllm_operator import names
+from ovllm_operator.cache import CHILD_KINDS
 
 log = logging.getLogger(__name__)
 
-# Each kind the operator writes or reads -> its plural in the API's paths.
+# Each kind the operator writes or reads -> its plural in the API's paths: its children's (cache.py)
+# and those it reads or writes without watching.
 PLURALS: dict[tuple[str, str], str] = {
-    ("v1", "Service"): "services",
-    ("v1", "ServiceAccount"): "serviceaccounts",
-    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
-    ("v1", "Pod"): "pods",
+    **{(api_version, kind): plural for api_version, kind, plural in CHILD_KINDS},
     ("v1", "Secret"): "secrets",
     ("v1", "Event"): "events",
-    ("apps/v1", "Deployment"): "deployments",
-    ("batch/v1", "Job"): "jobs",
-    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
-    ("rbac.authorization.k8s.io/v1", "Role"): "roles",
-    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
     (f"{names.GROUP}/{names.VERSION}", names.KIND): names.PLURAL,
 }
 

@@ -103,17 +103,20 @@ def reconcile(snapshot: Snapshot, kube: Kube, emit: Emit, check_secrets: bool = 
 
 
 def apply(kube: Kube, snapshot: Snapshot, body: dict) -> Applied:
-    cached = snapshot.child(body["kind"], body["metadata"]["name"])
-    if cached is None:
-        confirm_resource(kube, snapshot)
-    return kube.apply(body, cached)
+    return kube.apply(body, cached_or_confirmed(kube, snapshot, body))
 
 
 def create_if_absent(kube: Kube, snapshot: Snapshot, body: dict) -> Applied:
+    return kube.create_if_absent(body, cached_or_confirmed(kube, snapshot, body))
+
+
+def cached_or_confirmed(kube: Kube, snapshot: Snapshot, body: dict) -> dict | None:
+    """The cached child of `body`'s kind and name; when there is none, the resource is confirmed
+    to exist first (it is about to be made)."""
     cached = snapshot.child(body["kind"], body["metadata"]["name"])
     if cached is None:
         confirm_resource(kube, snapshot)
-    return kube.create_if_absent(body, cached)
+    return cached
 
 
 class ResourceGone(Exception):
