@@ -13,6 +13,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ovllm_engine.speculative import SpeculativeConfig
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,7 @@ class EngineConfig:
     ov_config: dict = field(default_factory=dict)
     device: str = "CPU"
     vocab_size: int | None = None  # rows of the embedding table; None (not in config.json): ids below 2^31
+    speculative: SpeculativeConfig | None = None  # --speculative-config, its draft resolved to IR
 
     def ov_properties(self) -> dict:
         """OpenVINO properties for the pipeline: the env contract first, --ov-config on top."""
@@ -218,6 +223,9 @@ def check_kv_space(config: EngineConfig) -> None:
     per_token = kv_bytes_per_token(Path(config.model_path), config.kv_cache_precision)
     if per_token is None:
         return
+    draft = config.speculative.model_path if config.speculative else None
+    if draft:  # the draft keeps a KV cache of its own in the same space
+        per_token += kv_bytes_per_token(Path(draft), config.kv_cache_precision) or 0
     needed = per_token * config.max_model_len
     have = config.kv_cache_space_gb * 1024**3
     if needed > have:

@@ -32,11 +32,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ovllm_engine.config import parse_env
     from ovllm_engine.onboard.prepare import prepare
-    from ovllm_engine.server.args import build_config
+    from ovllm_engine.server.args import build_config, prepare_draft
     from ovllm_engine.server.engine_process import build_pipeline
 
     model = prepare(args.model, args, parse_env(), isolate=True)
     args.model, args.served_model_name = str(model.path), model.name
+    args.speculative = prepare_draft(args, parse_env())
     config = build_config(args)
     requests = datasets.load(args, datasets.Tokens(config.model_path))
     longest = max(r.prompt_len + r.output_len for r in requests)
@@ -44,8 +45,8 @@ def run(args) -> int:
         raise ValueError(f"a request needs {longest} tokens, more than --max-model-len {config.max_model_len}")
     log.info("configuration: %s", config.summary())
     pipeline = build_pipeline(config)
-    generate(pipeline, requests[:1], warmup=True)
-    elapsed, produced = generate(pipeline, requests)
+    generate(pipeline, requests[:1], config.speculative, warmup=True)
+    elapsed, produced = generate(pipeline, requests, config.speculative)
     expected = sum(r.output_len for r in requests)
     if produced != expected:
         raise RuntimeError(f"the pipeline produced {produced} tokens, {expected} were asked for")
@@ -69,13 +70,14 @@ def run(args) -> int:
     return 0
 
 
-def generate(pipeline, requests: list[datasets.BenchRequest], warmup: bool = False) -> tuple[float, int]:
+def generate(pipeline, requests: list[datasets.BenchRequest], spec=None, warmup: bool = False) -> tuple[float, int]:
     """Add every request, step until all finish; return (seconds, output tokens)."""
     import numpy as np
     import openvino as ov
     import openvino_genai as ov_genai
 
     from ovllm_engine.onboard.progress import progress_class
+    from ovllm_engine.server.engine_process import speculate
 
     started = time.perf_counter()
     handles = []
@@ -83,6 +85,7 @@ def generate(pipeline, requests: list[datasets.BenchRequest], warmup: bool = Fal
         config = ov_genai.GenerationConfig()
         config.max_new_tokens = 4 if warmup else request.output_len
         config.ignore_eos = True
+        speculate(config, spec)
         handles.append(pipeline.add_request(index, ov.Tensor(np.array([request.prompt_ids], dtype=np.int64)), config))
     produced = 0
     total = sum(4 if warmup else r.output_len for r in requests)

@@ -6,10 +6,11 @@ import argparse
 import importlib.util
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from ovllm_cli.logs import LOG_FORMATS, redact, setup_logging
-from ovllm_engine import gguf_file
+from ovllm_engine import gguf_file, speculative
 from ovllm_engine.config import (
     API_KEY,
     EXACT_OV_CONFIG,
@@ -146,6 +147,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--ov-config", help='JSON OpenVINO properties, e.g. \'{"INFERENCE_PRECISION_HINT": "f32"}\'')
+    parser.add_argument(
+        speculative.FLAG, metavar="JSON",
+        help='speculative decoding, with vLLM\'s keys: prompt lookup \'{"method": "ngram", "num_speculative_tokens": '
+        '4, "prompt_lookup_max": 3}\' or a draft model \'{"method": "draft_model", "model": "SOURCE", '
+        '"num_speculative_tokens": 4}\' (SOURCE: anything MODEL may be; "quantization": "int4" converts it to int4)')
 
 
 def build_config(args, environ=None) -> EngineConfig:
@@ -182,28 +188,66 @@ def build_config(args, environ=None) -> EngineConfig:
             f"--max-num-batched-tokens {args.max_num_batched_tokens} is below --max-model-len {max_model_len}: "
             "without chunked prefill a whole prompt must fit in one step"
         )
+    spec = _speculative(args)
+    prefix_caching = args.enable_prefix_caching
+    if spec is not None and spec.method == speculative.DRAFT_MODEL and prefix_caching:
+        # OpenVINO GenAI 2026.4 fails every sampled request of a draft-model pipeline with prefix caching
+        # ("content_length <= prompt_ids.size() + ..." from its sequence group): one request would end the engine.
+        log.warning("prefix caching is turned off: OpenVINO GenAI cannot sample with a draft model and prefix "
+                    "caching together")
+        prefix_caching = False
     config = EngineConfig(
         model_path=str(model_path),
         served_model_name=args.served_model_name or _default_name(model_path),
         max_model_len=max_model_len,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
-        enable_prefix_caching=args.enable_prefix_caching,
+        enable_prefix_caching=prefix_caching,
         enable_chunked_prefill=args.enable_chunked_prefill,
         kv_cache_space_gb=settings.kv_cache_space_gb,
         kv_cache_precision=settings.kv_cache_precision,
         inference_threads=settings.inference_threads,
         ov_config={**(DEMO_OV_CONFIG if getattr(args, "demo", False) else {}), **parse_ov_config(args.ov_config)},
         vocab_size=vocab_size,
+        speculative=spec,
     )
     check_kv_space(config)
     return config
 
 
-def check_ir_dir(model_dir: Path) -> None:
+def _speculative(args) -> speculative.SpeculativeConfig | None:
+    """The --speculative-config, its draft already resolved to IR by prepare_draft (or a local IR
+    directory given as it is); ConfigError otherwise."""
+    spec = getattr(args, "speculative", None) or speculative.parse(getattr(args, "speculative_config", None))
+    if spec is None or spec.method != speculative.DRAFT_MODEL:
+        return spec
+    path = Path(spec.model_path or spec.model).resolve()
+    check_ir_dir(path, what="the draft model")
+    return replace(spec, model_path=str(path))
+
+
+def prepare_draft(args, settings, spec: speculative.SpeculativeConfig | None = None
+                  ) -> speculative.SpeculativeConfig | None:
+    """Bring the draft model of --speculative-config (parsed here unless given) to IR as MODEL is
+    brought (downloaded, converted once and cached; a GGUF file becomes GenAI's own graph of it, as
+    GenAI's draft loader reads IR only). ConfigError, or ModelError from the download or conversion."""
+    from ovllm_engine.onboard.prepare import prepare
+
+    spec = spec or speculative.parse(args.speculative_config)
+    if spec is None or spec.method != speculative.DRAFT_MODEL:
+        return spec
+    draft_args = argparse.Namespace(**{
+        **vars(args), "weight_format": spec.quantization, "revision": spec.revision, "gguf_file": None,
+        "group_size": None, "ratio": None, "sym": False})
+    log.info("speculative decoding: preparing the draft model %s", spec.model)
+    draft = prepare(spec.model, draft_args, replace(settings, quantized_weights=None), isolate=True)
+    return replace(spec, model_path=str(draft.path))
+
+
+def check_ir_dir(model_dir: Path, what: str = "") -> None:
     if not (model_dir / "openvino_model.xml").is_file():
-        raise ConfigError(f"{model_dir} holds no openvino_model.xml: give a directory with an OpenVINO IR model "
-                          "or a GGUF file")
+        raise ConfigError(f"{what + ' ' if what else ''}{model_dir} holds no openvino_model.xml: give a directory "
+                          "with an OpenVINO IR model or a GGUF file")
     for name in ("openvino_tokenizer.xml", "openvino_detokenizer.xml"):
         if not (model_dir / name).is_file():
             raise ConfigError(f"{model_dir} holds no {name}: convert the tokenizer with openvino-tokenizers")
@@ -225,6 +269,7 @@ def _run(args) -> int:
         args.served_model_name = args.served_model_name or DEMO_NAME
         args.demo = True
     try:
+        spec = speculative.parse(args.speculative_config)  # a wrong flag stops before any download
         model = prepare(args.model, args, parse_env(), isolate=True, serve_gguf=True)
     except ConversionReported:
         return 1
@@ -236,6 +281,16 @@ def _run(args) -> int:
         return 2
     args.model = str(model.path)
     args.served_model_name = args.served_model_name or model.name
+    try:
+        args.speculative = prepare_draft(args, parse_env(), spec)
+    except ConversionReported:
+        return 1
+    except ModelError as exc:
+        log.error("the draft model: %s", exc)
+        return 1
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
     try:
         config = build_config(args)
         limits = limits_from(args)

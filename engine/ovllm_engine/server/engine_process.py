@@ -25,10 +25,12 @@ from ovllm_engine.server.messages import (
     Outputs,
     Ready,
     Sampling,
+    Speculation,
     Stats,
     Stop,
 )
 from ovllm_engine.server.prefix_cache import PrefixCacheLedger
+from ovllm_engine.speculative import NGRAM, SpeculativeConfig
 
 log = logging.getLogger("ovllm.engine")
 
@@ -39,7 +41,9 @@ IDLE_STATS_INTERVAL = 1.0
 CPU_BLOCK_SIZE = 32
 
 
-def build_pipeline(config: EngineConfig):
+def build_pipeline(config: EngineConfig, speculating: bool = True):
+    """The model's ContinuousBatchingPipeline; with --speculative-config (and `speculating`) GenAI's
+    prompt-lookup or draft-model pipeline of it."""
     import openvino_genai as ov_genai
 
     scheduler = ov_genai.SchedulerConfig()
@@ -48,7 +52,35 @@ def build_pipeline(config: EngineConfig):
     scheduler.max_num_seqs = config.max_num_seqs
     scheduler.enable_prefix_caching = config.enable_prefix_caching
     scheduler.dynamic_split_fuse = config.enable_chunked_prefill
-    return ov_genai.ContinuousBatchingPipeline(config.model_path, scheduler, config.device, config.ov_properties())
+    properties = config.ov_properties()
+    spec = config.speculative if speculating else None
+    if spec is not None and spec.method == NGRAM:
+        properties["prompt_lookup"] = True
+    elif spec is not None:  # the draft runs with the same OpenVINO properties (precision, threads) as the model
+        properties["draft_model"] = ov_genai.draft_model(spec.model_path, config.device, **config.ov_properties())
+    return ov_genai.ContinuousBatchingPipeline(config.model_path, scheduler, config.device, properties)
+
+
+def build_lanes(config: EngineConfig) -> list[Lane]:
+    """The pipelines requests go to: one, or with speculative decoding that turns itself off under
+    load (disable_by_batch_size below --max-num-seqs), a speculating one and a plain one. GenAI's
+    speculative pipelines check K guesses for every sequence they hold (a request cannot opt out),
+    which costs more than it saves in a full batch; the plain pipeline takes the requests then."""
+    spec = config.speculative
+    lanes = [Lane(build_pipeline(config), spec, config.enable_prefix_caching)]
+    if spec is not None and spec.disable_by_batch_size < config.max_num_seqs:
+        lanes.append(Lane(build_pipeline(config, speculating=False), None, config.enable_prefix_caching))
+    return lanes
+
+
+def speculate(config, spec: SpeculativeConfig | None) -> None:
+    """Ask a GenerationConfig for speculative decoding as the pipeline was built for it: GenAI's
+    speculative pipelines refuse a request that does not (one without K would fail in add_request)."""
+    if spec is None:
+        return
+    config.num_assistant_tokens = spec.num_speculative_tokens
+    if spec.method == NGRAM:
+        config.max_ngram_size = spec.prompt_lookup_max
 
 
 def structured_output(constraint: Constraint):
@@ -69,7 +101,7 @@ def structured_output(constraint: Constraint):
         at_least_one=tags.at_least_one, stop_after_first=tags.first_only))
 
 
-def generation_config(sampling: Sampling, defaults):
+def generation_config(sampling: Sampling, defaults, spec: SpeculativeConfig | None = None):
     """A GenAI GenerationConfig from the server's Sampling, with the model's EOS tokens."""
     import openvino_genai as ov_genai
 
@@ -96,31 +128,82 @@ def generation_config(sampling: Sampling, defaults):
         config.rng_seed = random.getrandbits(31) if seed is None else seed % (2**32)
     if sampling.constraint is not None:
         config.structured_output_config = structured_output(sampling.constraint)
+    speculate(config, spec)
     config.validate()
     return config
 
 
-class EngineLoop:
-    """Owns the pipeline and the handles of the requests in it."""
+class SpeculationCounts:
+    """vLLM's spec_decode counts since the last Stats, read off the tokens each step delivers: GenAI's
+    continuous batching does not report its own per request. A sequence past its first token gets K
+    guesses checked each step (GenAI pads a shorter prompt-lookup match to K), and a step that
+    delivers n tokens accepted the first n - 1 of them (the last is the model's own next token)."""
 
-    def __init__(self, pipeline, conn: Connection, prefix_caching: bool = False):
+    def __init__(self, k: int):
+        self.k = k
+        self.drafts = 0
+        self.accepted_per_position = [0] * k
+
+    def step(self, delivered: int) -> None:
+        self.drafts += 1
+        for position in range(min(delivered - 1, self.k)):
+            self.accepted_per_position[position] += 1
+
+    def take(self) -> Speculation | None:
+        if not self.drafts:
+            return None
+        taken = Speculation(self.drafts, self.drafts * self.k, tuple(self.accepted_per_position))
+        self.drafts, self.accepted_per_position = 0, [0] * self.k
+        return taken
+
+
+class Lane:
+    """One pipeline and what the loop keeps of the requests in it."""
+
+    def __init__(self, pipeline, spec: SpeculativeConfig | None, prefix_caching: bool):
+        self.pipeline = pipeline
+        self.spec = spec  # None: a plain pipeline
+        self.requests: set[int] = set()
+        self.ledger = PrefixCacheLedger(CPU_BLOCK_SIZE, None) if prefix_caching else None
+        self.reported = (0, 0)  # the ledger's queries and hits in the last Stats
+        self.drafts = SpeculationCounts(spec.num_speculative_tokens if spec else 0)
+
+    def prefix_counts(self, cache_usage: float) -> tuple[int, int]:
+        """Prefix-cache queries and hits since the last call."""
+        ledger = self.ledger
+        if ledger is None:
+            return 0, 0
+        if cache_usage > 0 and ledger.in_use:
+            # GenAI's usage is its blocks in use over all blocks: the ledger learns the total from it
+            ledger.total_blocks = round(ledger.in_use * 100.0 / cache_usage)
+        counts = ledger.queries - self.reported[0], ledger.hits - self.reported[1]
+        self.reported = (ledger.queries, ledger.hits)
+        return counts
+
+
+class EngineLoop:
+    """Owns the pipelines (lanes) and the handles of the requests in them."""
+
+    def __init__(self, lanes: list[Lane], conn: Connection):
         import numpy as np
         import openvino as ov
         import openvino_genai as ov_genai
 
         self._genai, self._ov, self._np = ov_genai, ov, np
-        self.pipeline = pipeline
+        self.lanes = lanes
         self.conn = conn
-        self.defaults = pipeline.get_config()
+        self.defaults = lanes[0].pipeline.get_config()
         self.handles: dict[int, object] = {}  # GenAI request ids are numbers
+        self.lane_of: dict[int, Lane] = {}
         self.added_at: dict[int, float] = {}  # until the request's first Output carries it
         self.echoed: dict[int, int] = {}  # echo requests: prompt tokens still to take off the front
         self.running = True
         self._last_stats = 0.0
         # the tokens each request has in the pipeline: its prompt, then its output
         self.tokens: dict[int, list[int]] = {}
-        self.ledger = PrefixCacheLedger(CPU_BLOCK_SIZE, None) if prefix_caching else None
-        self._reported = (0, 0)  # the ledger's queries and hits in the last Stats
+        spec = lanes[0].spec
+        # with two lanes: requests in the engine from which new ones go to the plain lane
+        self.speculation_limit = spec.disable_by_batch_size if spec is not None and len(lanes) > 1 else None
 
     def serve(self) -> None:
         while self.running:
@@ -128,7 +211,9 @@ class EngineLoop:
                 return  # the server is gone
             if not self.handles:
                 continue
-            self.pipeline.step()
+            for lane in self.lanes:
+                if lane.requests:
+                    lane.pipeline.step()
             outputs, step_tokens = self._collect()
             self.conn.send(Outputs(outputs, self._stats(step_tokens)))
 
@@ -164,28 +249,39 @@ class EngineLoop:
         else:
             raise TypeError(f"unknown message {message!r}")
 
+    def _lane_for_new(self) -> Lane:
+        """The speculating lane, unless the engine holds speculation_limit requests or more."""
+        if self.speculation_limit is not None and len(self.handles) >= self.speculation_limit:
+            return self.lanes[1]
+        return self.lanes[0]
+
     def _add(self, message: AddRequest) -> None:
         request_id = message.request_id
+        lane = self._lane_for_new()
         try:
-            config = generation_config(message.sampling, self.defaults)
+            config = generation_config(message.sampling, self.defaults, lane.spec)
             input_ids = self._ov.Tensor(self._np.array([message.prompt_ids], dtype=self._np.int64))
-            handle = self.pipeline.add_request(request_id, input_ids, config)
+            handle = lane.pipeline.add_request(request_id, input_ids, config)
         except RuntimeError as exc:  # GenAI's own refusal of these parameters: this request fails alone
             self.conn.send(Outputs([Output(request_id, [], None, None, error=str(exc))], self._stats()))
             return
         self.handles[request_id] = handle
+        self.lane_of[request_id] = lane
+        lane.requests.add(request_id)
         self.added_at[request_id] = time.monotonic()
         if message.sampling.echo:
             self.echoed[request_id] = len(message.prompt_ids)
         self.tokens[request_id] = list(message.prompt_ids)
-        if self.ledger is not None:
-            self.ledger.add(request_id, message.prompt_ids)
+        if lane.ledger is not None:
+            lane.ledger.add(request_id, message.prompt_ids)
 
     def _left(self, request_id: int) -> None:
-        """A request is out of the pipeline (finished, dropped or cancelled): its blocks are free."""
+        """A request is out of its pipeline (finished, dropped or cancelled): its blocks are free."""
         tokens = self.tokens.pop(request_id, None)
-        if self.ledger is not None and tokens is not None:
-            self.ledger.finish(request_id, tokens)
+        lane = self.lane_of.pop(request_id)
+        lane.requests.discard(request_id)
+        if lane.ledger is not None and tokens is not None:
+            lane.ledger.finish(request_id, tokens)
 
     def _collect(self) -> tuple[list[Output], int]:
         """The step's Outputs, and the tokens it computed as vLLM counts them (for
@@ -195,6 +291,7 @@ class EngineLoop:
         outputs = []
         step_tokens = 0
         for request_id, handle in list(self.handles.items()):
+            lane = self.lane_of[request_id]
             ids: list[int] = []
             logprobs: list[float] = []
             finish = None
@@ -214,16 +311,24 @@ class EngineLoop:
                     error = f"the engine dropped the request ({state.name.lower()})"
             prompt_logprobs = None
             if request_id in self.echoed and ids:
-                # with echo GenAI's first output begins with the prompt; its first token has no logprob
+                # With echo GenAI's first output begins with the prompt; its first token has no logprob.
+                # Its logprobs cover the tokens it computed: after a prefix-cache hit none for the cached
+                # prompt tokens nor the first one after them (their logits were never computed).
                 count = self.echoed.pop(request_id)
-                prompt_logprobs = [None, *logprobs[1:count]] if logprobs else [None] * count
-                ids, logprobs = ids[count:], logprobs[count:]
+                if logprobs:
+                    known = [None] * (len(ids) - len(logprobs)) + logprobs
+                    prompt_logprobs, logprobs = [None, *known[1:count]], logprobs[len(logprobs) - (len(ids) - count):]
+                else:
+                    prompt_logprobs = [None] * count
+                ids = ids[count:]
+            if ids and lane.spec is not None and request_id not in self.added_at:
+                lane.drafts.step(len(ids))  # past its first token every step checked K guesses
             if ids and request_id in self.tokens:
                 if request_id in self.added_at:  # its first output: the step computed its whole prompt
                     step_tokens += len(self.tokens[request_id])
                 self.tokens[request_id].extend(ids)
-                if self.ledger is not None:
-                    self.ledger.grow(request_id, len(self.tokens[request_id]))
+                if lane.ledger is not None:
+                    lane.ledger.grow(request_id, len(self.tokens[request_id]))
             step_tokens += len(ids)
             if ids or finish or error or prompt_logprobs is not None:
                 added_at = self.added_at.pop(request_id, None)
@@ -237,20 +342,20 @@ class EngineLoop:
 
     def _stats(self, step_tokens: int | None = None) -> Stats:
         self._last_stats = time.monotonic()
-        metrics = self.pipeline.get_metrics()
-        # The pipeline's counts describe its last step and go stale once it idles (finished and
-        # aborted requests still show), so bound them by the requests this loop still holds.
-        running = min(metrics.scheduled_requests, len(self.handles))
-        queries = hits = 0
-        if self.ledger is not None:
-            if metrics.cache_usage > 0 and self.ledger.in_use:
-                # GenAI's usage is its blocks in use over all blocks: the ledger learns the total from it
-                self.ledger.total_blocks = round(self.ledger.in_use * 100.0 / metrics.cache_usage)
-            queries, hits = self.ledger.queries - self._reported[0], self.ledger.hits - self._reported[1]
-            self._reported = (self.ledger.queries, self.ledger.hits)
-        return Stats(running=running, waiting=max(0, len(self.handles) - running),
-                     kv_cache_usage=metrics.cache_usage / 100.0, step_tokens=step_tokens,
-                     prefix_queries=queries, prefix_hits=hits)
+        running = queries = hits = 0
+        usage = 0.0
+        for lane in self.lanes:
+            metrics = lane.pipeline.get_metrics()
+            # The pipeline's counts describe its last step and go stale once it idles (finished and
+            # aborted requests still show), so bound them by the requests this loop still holds.
+            running += min(metrics.scheduled_requests, len(lane.requests))
+            # two lanes have a KV cache each: the fuller one is where requests wait or are preempted first
+            usage = max(usage, metrics.cache_usage / 100.0)
+            lane_queries, lane_hits = lane.prefix_counts(metrics.cache_usage)
+            queries, hits = queries + lane_queries, hits + lane_hits
+        return Stats(running=running, waiting=max(0, len(self.handles) - running), kv_cache_usage=usage,
+                     step_tokens=step_tokens, prefix_queries=queries, prefix_hits=hits,
+                     speculation=self.lanes[0].drafts.take())
 
 
 def engine_main(config: EngineConfig, conn: Connection, log_level: int = logging.INFO,
@@ -264,14 +369,15 @@ def engine_main(config: EngineConfig, conn: Connection, log_level: int = logging
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     started = time.monotonic()
     try:
-        pipeline = build_pipeline(config)
+        lanes = build_lanes(config)
     except Exception as exc:
         log.exception("could not load the model")
         conn.send(Failed(f"could not load {config.model_path}: {exc}"))
         return
-    log.info("pipeline ready in %.1fs (engine pid %d)", time.monotonic() - started, os.getpid())
+    log.info("%s ready in %.1fs (engine pid %d)", "pipeline" if len(lanes) == 1 else "pipelines (speculating, plain)",
+             time.monotonic() - started, os.getpid())
     cache = CacheInfo(block_size=CPU_BLOCK_SIZE, cache_dtype=config.kv_cache_precision or "auto",
                       enable_prefix_caching=config.enable_prefix_caching)
     conn.send(Ready(os.getpid(), cache))
-    EngineLoop(pipeline, conn, config.enable_prefix_caching).serve()
+    EngineLoop(lanes, conn).serve()
     log.info("engine process exits")

@@ -60,7 +60,10 @@ def _own_signals() -> None:
 
 async def _serve(config: EngineConfig, host: str, port: int, api_key: str | None, shutdown_grace: float,
                  limits: Limits, chat: ChatOptions, request_log: RequestLogOptions) -> int:
-    metrics = EngineMetrics(config.served_model_name, config.max_model_len)
+    spec = config.speculative
+    metrics = EngineMetrics(config.served_model_name, config.max_model_len, spec.num_speculative_tokens if spec else 0)
+    if spec is not None:
+        log.info("speculative decoding: %s", spec.describe())
     engine = EngineClient(config, on_stats=metrics.engine_stats)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

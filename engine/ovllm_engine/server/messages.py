@@ -123,6 +123,19 @@ class Output:
 
 
 @dataclass(frozen=True)
+class Speculation:
+    """Speculative decoding since the last Stats, in vLLM's spec_decode terms."""
+
+    drafts: int  # sequence steps that checked guesses
+    draft_tokens: int  # guesses checked
+    accepted_per_position: tuple[int, ...]  # [i]: drafts whose guess i (0-based) was accepted
+
+    @property
+    def accepted(self) -> int:
+        return sum(self.accepted_per_position)
+
+
+@dataclass(frozen=True)
 class Stats:
     """The engine's state after a step (or while idle), and what changed since the last Stats."""
 
@@ -132,6 +145,7 @@ class Stats:
     step_tokens: int | None = None  # tokens the step computed (prefill and decode); None: no step ran
     prefix_queries: int = 0  # prompt tokens looked up in the prefix cache since the last Stats
     prefix_hits: int = 0  # of them, tokens whose KV was found there
+    speculation: Speculation | None = None  # with --speculative-config, when steps checked guesses
 
 
 @dataclass(frozen=True)

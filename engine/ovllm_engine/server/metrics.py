@@ -59,7 +59,7 @@ class SequenceTiming:
 
 
 class EngineMetrics:
-    def __init__(self, model_name: str, max_model_len: int = 100_000):
+    def __init__(self, model_name: str, max_model_len: int = 100_000, speculative_tokens: int = 0):
         self.registry = r = CollectorRegistry()
         self.labels = {"model_name": model_name}
         label = ["model_name"]
@@ -149,6 +149,19 @@ class EngineMetrics:
         self.requests_rejected = counter(
             "ovllm:requests_rejected", "Requests refused at admission (reason=queue_full: 429 with Retry-After).",
             label + ["reason"])
+        # speculative decoding, as vLLM exports it: only when --speculative-config is given
+        self.spec_decode = None
+        if speculative_tokens:
+            self.spec_decode = (
+                counter("vllm:spec_decode_num_drafts", "Number of spec decoding drafts."),
+                counter("vllm:spec_decode_num_draft_tokens", "Number of draft tokens."),
+                counter("vllm:spec_decode_num_accepted_tokens", "Number of accepted tokens."),
+                counter("vllm:spec_decode_num_accepted_tokens_per_pos", "Accepted tokens per draft position.",
+                        label + ["position"]))
+            for total in self.spec_decode[:3]:
+                total.labels(**self.labels)
+            for position in range(speculative_tokens):
+                self.spec_decode[3].labels(position=str(position), **self.labels)
         for metric in list(vars(self).values()):  # export every series from the start, at zero
             if isinstance(metric, (Counter, Gauge, Histogram)) and metric._labelnames == ("model_name",):
                 metric.labels(**self.labels)
@@ -177,6 +190,13 @@ class EngineMetrics:
             hits.labels(**labels).inc(stats.prefix_hits)
         if stats.step_tokens:
             self.iteration_tokens.labels(**labels).observe(stats.step_tokens)
+        if stats.speculation is not None and self.spec_decode is not None:
+            drafts, draft_tokens, accepted, per_position = self.spec_decode
+            drafts.labels(**labels).inc(stats.speculation.drafts)
+            draft_tokens.labels(**labels).inc(stats.speculation.draft_tokens)
+            accepted.labels(**labels).inc(stats.speculation.accepted)
+            for position, count in enumerate(stats.speculation.accepted_per_position):
+                per_position.labels(position=str(position), **labels).inc(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
