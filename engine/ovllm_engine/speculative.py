@@ -15,10 +15,10 @@ In both the main model checks all K guesses in one step and keeps the ones it wo
 itself, so greedy output is the same token for token; a step yields 1 to K+1 tokens.
 
 "disable_by_batch_size": N (vLLM's key; default DEFAULT_DISABLE_BY_BATCH_SIZE) sends new requests
-to a second, plain pipeline of the same model while N or more requests are in the engine: a full
-batch computes instead of waiting on memory, and checking guesses then costs more than it saves.
-The second pipeline costs one more copy of the model's weights in memory; N at or above
---max-num-seqs builds none.
+to a second, plain pipeline of the same model once N requests are in the engine, and back to the
+speculating one once fewer than N/2 are: a full batch computes instead of waiting on memory, and
+checking guesses then costs more than it saves. The second pipeline costs one more copy of the
+model's weights in memory; N at or above --max-num-seqs builds none.
 
 Standard library only, like config.py.
 """
@@ -39,9 +39,10 @@ MAX_NGRAM = 8
 # vLLM's default n-gram size is 5; GenAI's own samples use 3, which finds more matches in short prompts.
 DEFAULT_PROMPT_LOOKUP_MAX = 3
 # Speculation pays while a step is bound by reading the weights, not by computing on K+1 tokens per
-# sequence: on 2 cores it stopped paying at 2 to 4 sequences (BENCHMARKS.md). From this many
-# requests in the engine, new ones go to a plain pipeline (vLLM's disable_by_batch_size).
-DEFAULT_DISABLE_BY_BATCH_SIZE = 2
+# sequence: on 2 cores, with SmolLM2 in fp16 under a steady load, prompt lookup paid 1.4x at 4
+# sequences and cost 18 percent at 16 (BENCHMARKS.md). From this many requests in the engine, new
+# ones go to a plain pipeline (vLLM's disable_by_batch_size).
+DEFAULT_DISABLE_BY_BATCH_SIZE = 8
 COMMON_KEYS = {"method", "num_speculative_tokens", "disable_by_batch_size"}
 KEYS = {
     NGRAM: COMMON_KEYS | {"prompt_lookup_max", "prompt_lookup_min"},
@@ -67,7 +68,7 @@ class SpeculativeConfig:
             what = f"prompt lookup ({self.num_speculative_tokens} tokens, n-grams up to {self.prompt_lookup_max})"
         else:
             what = f"draft model {self.model} ({self.num_speculative_tokens} tokens)"
-        return f"{what}, for new requests while fewer than {self.disable_by_batch_size} are in the engine"
+        return f"{what}; new requests go to a plain pipeline from {self.disable_by_batch_size} in the engine"
 
 
 def parse(raw: str | None) -> SpeculativeConfig | None:

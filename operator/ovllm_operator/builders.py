@@ -7,6 +7,7 @@ same objects, byte for byte, so re-applying them changes nothing and restarts no
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ from kubernetes.utils.quantity import parse_quantity
 
 from ovllm_operator import names, pods, sizing
 from ovllm_operator.isa import merge_affinity
-from ovllm_operator.spec import OVLLMDeploymentSpec, SpecError
+from ovllm_operator.spec import DraftModelSpec, OVLLMDeploymentSpec, SpecError
 
 # The engine's environment contract (ovllm_engine/config.py and vLLM's OpenVINO backend). The
 # operator never imports the engine; tests/operator/test_contract.py checks these names against it.
@@ -42,6 +43,8 @@ SHUTDOWN_GRACE_SECONDS = 30  # --shutdown-grace, unless spec.engine.extraArgs sa
 # engine/ovllm_engine/server/main.py); 4 more of margin.
 EXIT_SECONDS = 15
 TERMINATION_GRACE_SECONDS = PRESTOP_SECONDS + SHUTDOWN_GRACE_SECONDS + EXIT_SECONDS  # the router's
+SPECULATIVE_CONFIG = "--speculative-config"
+PROMPT_LOOKUP_MAX = 3  # vLLM's n-gram default, when spec.engine.speculative.promptLookupMax is absent
 
 
 @dataclass(frozen=True)
@@ -79,12 +82,25 @@ class Resource:
 
 
 @dataclass(frozen=True)
+class Conversion:
+    """One `ovllm convert` run: the model's, or the speculative decoding draft's."""
+
+    container: str  # the converter container's name
+    source: str  # as `ovllm convert` takes it: a hub id or a mounted directory
+    output: str  # the IR directory it writes
+    flags: tuple[str, ...]
+    weight_format: str  # sets the container's quantized-weights switch
+
+
+@dataclass(frozen=True)
 class ModelPlan:
-    """Where the engine pods find their model, and whether a conversion Job puts it there first."""
+    """Where the engine pods find their model (and draft), and what converts them first."""
 
     serve_path: str  # the MODEL argument of `ovllm serve`: an IR directory, or a GGUF source as it is
     uses_job: bool  # a conversion Job fills the model cache first
-    convert_in_pod: bool  # no model cache: an init container converts into the pod's emptyDir
+    convert_in_pod: bool  # no model cache: init containers convert into the pod's emptyDir
+    draft_path: str | None  # the draft model of --speculative-config: converted IR, or imagePath
+    conversions: tuple[Conversion, ...]  # in the order they run, the draft's first
 
 
 def source_path(resource: Resource) -> str:
@@ -97,17 +113,47 @@ def source_path(resource: Resource) -> str:
     return model.image_path
 
 
-def model_plan(resource: Resource) -> ModelPlan:
+def converted_path(resource: Resource, in_pod_name: str, source: str, weight_format: str,
+                   trust_remote_code: bool = False) -> str:
+    """Where a conversion writes its IR: a directory of its own in the model cache, named by what
+    makes its output differ, or without a cache a fixed one in the pod's emptyDir."""
+    if resource.spec.model_cache is None:
+        return f"{CACHE_MOUNT}/{in_pod_name}"
+    key = names.conversion_key(source, weight_format, trust_remote_code)
+    return f"{names.MODELS_MOUNT}/{names.model_dir_name(source, weight_format, key)}"
+
+
+def _model(resource: Resource) -> tuple[str, Conversion | None]:
+    """The MODEL argument, and the conversion that writes it when the source is not served as it is."""
     model = resource.spec.model
     if model.is_gguf:  # the engine reads the file itself (a hub repo's: downloads it at start)
-        return ModelPlan(source_path(resource), False, False)
+        return source_path(resource), None
     if not model.needs_conversion:
-        return ModelPlan(model.image_path, False, False)
-    if resource.spec.model_cache is None:
-        return ModelPlan(f"{CACHE_MOUNT}/model", False, True)
-    key = names.conversion_key(model.source, model.weight_format, model.trust_remote_code)
-    directory = names.model_dir_name(model.source, model.weight_format, key)
-    return ModelPlan(f"{names.MODELS_MOUNT}/{directory}", True, False)
+        return model.image_path, None
+    output = converted_path(resource, "model", model.source, model.weight_format, model.trust_remote_code)
+    return output, Conversion("convert", source_path(resource), output, tuple(conversion_flags(resource)),
+                              model.weight_format)
+
+
+def _draft(resource: Resource) -> tuple[str | None, Conversion | None]:
+    """The draft model's path for the engine, and the conversion that writes it for a hub draft. The
+    engine could convert a hub draft itself, but its image has no torch: conversion stays with the
+    converter image, as the model's does."""
+    draft = sizing.draft_model(resource.spec)
+    if draft is None:
+        return None, None
+    if draft.image_path:
+        return draft.image_path, None
+    output = converted_path(resource, "draft", draft.source, draft.weight_format)
+    return output, Conversion("convert-draft", draft.hub, output, draft_conversion_flags(draft), draft.weight_format)
+
+
+def model_plan(resource: Resource) -> ModelPlan:
+    serve_path, model_conversion = _model(resource)
+    draft_path, draft_conversion = _draft(resource)
+    conversions = tuple(step for step in (draft_conversion, model_conversion) if step)
+    uses_job = bool(conversions) and resource.spec.model_cache is not None
+    return ModelPlan(serve_path, uses_job, bool(conversions) and not uses_job, draft_path, conversions)
 
 
 def conversion_flags(resource: Resource) -> list[str]:
@@ -122,9 +168,20 @@ def conversion_flags(resource: Resource) -> list[str]:
     return flags
 
 
-def quantized_weights_switch(resource: Resource) -> dict:
+def draft_conversion_flags(draft: DraftModelSpec) -> tuple[str, ...]:
+    """The weight format always as a flag: the draft's default (int4) is not the model's, and a flag
+    says it whatever the environment's switch."""
+    flags = ("--weight-format", draft.weight_format)
+    if draft.revision:
+        flags += ("--revision", draft.revision)
+    if draft.gguf_file:
+        flags += ("--gguf-file", draft.gguf_file)
+    return flags
+
+
+def quantized_weights_switch(weight_format: str) -> dict:
     """vLLM's OpenVINO switch: ON exactly for int8 weights (fp16 and int4 go as --weight-format)."""
-    return {"name": QUANTIZED_WEIGHTS, "value": "ON" if resource.spec.model.weight_format == "int8" else "OFF"}
+    return {"name": QUANTIZED_WEIGHTS, "value": "ON" if weight_format == "int8" else "OFF"}
 
 
 def secret_env(name: str, ref) -> dict:
@@ -137,7 +194,7 @@ def engine_env(resource: Resource) -> list[dict]:
     env = [
         {"name": KVCACHE_SPACE, "value": str(spec.engine.kv_cache_space_gib)},
         {"name": KV_CACHE_PRECISION, "value": spec.engine.kv_cache_precision},
-        quantized_weights_switch(resource),
+        quantized_weights_switch(spec.model.weight_format),
         {"name": INFERENCE_THREADS, "value": str(spec.cpu.cores)},
         {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
         {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only
@@ -156,10 +213,40 @@ def _with_extra_env(env: list[dict], extra: tuple[dict, ...]) -> list[dict]:
     return [item for item in env if item["name"] not in overridden] + [dict(item) for item in extra]
 
 
-def engine_args(resource: Resource, serve_path: str) -> list[str]:
-    """`ovllm serve` flags, serving the model at serve_path."""
+@dataclass(frozen=True)
+class Served:
+    """What the engine container serves: the MODEL argument and the --speculative-config value. While a
+    conversion runs, the pods keep the pair they serve, never a half-converted one."""
+
+    model: str
+    speculative_config: str | None
+
+
+def speculative_config(resource: Resource, draft_path: str | None) -> str | None:
+    """--speculative-config as the engine takes it (vLLM's keys), compact and stable so that the same
+    spec gives the same pod template."""
+    speculative = resource.spec.engine.speculative
+    if speculative is None:
+        return None
+    config = {"num_speculative_tokens": speculative.num_speculative_tokens}
+    if speculative.disable_by_batch_size:
+        config["disable_by_batch_size"] = speculative.disable_by_batch_size
+    if speculative.method == "ngram":
+        config |= {"method": "ngram", "prompt_lookup_max": speculative.prompt_lookup_max or PROMPT_LOOKUP_MAX}
+    else:
+        config |= {"method": "draft_model", "model": draft_path}
+    return json.dumps(config, separators=(",", ":"), sort_keys=True)
+
+
+def served(resource: Resource, plan: ModelPlan) -> Served:
+    """What the plan serves once its conversions are done."""
+    return Served(plan.serve_path, speculative_config(resource, plan.draft_path))
+
+
+def engine_args(resource: Resource, serving: Served) -> list[str]:
+    """`ovllm serve` flags, serving serving's model and draft."""
     engine = resource.spec.engine
-    args = ["serve", serve_path,
+    args = ["serve", serving.model,
             "--host", "0.0.0.0", "--port", str(names.ENGINE_PORT),
             "--served-model-name", resource.served_model_name,
             "--max-num-seqs", str(engine.max_num_seqs),
@@ -169,6 +256,8 @@ def engine_args(resource: Resource, serve_path: str) -> list[str]:
             "--shutdown-grace", str(SHUTDOWN_GRACE_SECONDS)]
     if engine.max_model_len:
         args += ["--max-model-len", str(engine.max_model_len)]
+    if serving.speculative_config:
+        args += [SPECULATIVE_CONFIG, serving.speculative_config]
     model = resource.spec.model
     if model.gguf_file:
         args += ["--gguf-file", model.gguf_file]
@@ -246,33 +335,33 @@ def _volumes(resource: Resource, models_read_only: bool) -> tuple[list[dict], li
     return volumes, mounts
 
 
-def converter(resource: Resource, output: str, hf_home: str) -> dict:
-    """The container that runs `ovllm convert` (converter image: torch, optimum-intel, NNCF): in the
-    conversion Job, or as the engine pod's init container when there is no model cache."""
+def converter(resource: Resource, conversion: Conversion, hf_home: str) -> dict:
+    """A container that runs `ovllm convert` (converter image: torch, optimum-intel, NNCF): in the
+    conversion Job, or as an engine pod's init container when there is no model cache."""
     spec = resource.spec
     env = [
-        quantized_weights_switch(resource),
+        quantized_weights_switch(conversion.weight_format),
         {"name": "HF_HOME", "value": hf_home},
         {"name": "HOME", "value": "/tmp"},
     ]
-    if spec.model.hub_token_secret_ref:
+    if spec.model.hub_token_secret_ref:  # the draft's hub downloads use the model's token too
         env.append(secret_env("HF_TOKEN", spec.model.hub_token_secret_ref))
     memory = sizing.converter_memory(spec)
     return {
-        "name": "convert",
+        "name": conversion.container,
         "image": spec.engine.converter_image,
         "imagePullPolicy": spec.engine.image_pull_policy,
         "command": ["ovllm"],
-        "args": ["convert", source_path(resource), "--output", output, *conversion_flags(resource)],
+        "args": ["convert", conversion.source, "--output", conversion.output, *conversion.flags],
         "env": env,
         "resources": {"requests": {"cpu": str(spec.cpu.cores), "memory": memory}, "limits": {"memory": memory}},
         "securityContext": pods.container_security(),
     }
 
 
-def pod_template(resource: Resource, plan: ModelPlan, serve_path: str | None = None) -> dict:
-    """The engine pod. serve_path overrides the plan's model directory: while a new conversion runs,
-    the pods keep serving the last converted model."""
+def pod_template(resource: Resource, plan: ModelPlan, serving: Served | None = None) -> dict:
+    """The engine pod. serving overrides what the plan serves: while a new conversion runs, the pods
+    keep serving the last converted model and draft."""
     spec = resource.spec
     memory = sizing.engine_memory(spec)
     cores = str(spec.cpu.cores)
@@ -283,7 +372,7 @@ def pod_template(resource: Resource, plan: ModelPlan, serve_path: str | None = N
         "image": spec.engine.image,
         "imagePullPolicy": spec.engine.image_pull_policy,
         "command": ["ovllm"],
-        "args": engine_args(resource, serve_path or plan.serve_path),
+        "args": engine_args(resource, serving or served(resource, plan)),
         "env": engine_env(resource),
         "ports": [{"name": "http", "containerPort": names.ENGINE_PORT, "protocol": "TCP"}],
         # Guaranteed QoS (requests equal limits): a static CPU manager can pin the engine's threads.
@@ -305,18 +394,18 @@ def pod_template(resource: Resource, plan: ModelPlan, serve_path: str | None = N
     termination = PRESTOP_SECONDS + math.ceil(shutdown_grace(resource)) + EXIT_SECONDS
     pod_spec = _pod_spec(resource, [container], volumes, terminationGracePeriodSeconds=termination)
     if plan.convert_in_pod:
-        # Without a model cache each pod converts for itself, into its emptyDir, before the engine
-        # starts: the engine image stays free of torch.
-        init = converter(resource, plan.serve_path, f"{CACHE_MOUNT}/huggingface")
-        init["volumeMounts"] = [mount for mount in mounts if mount["name"] != "models"]
-        pod_spec["initContainers"] = [init]
+        # Without a model cache each pod converts for itself (the draft, then the model), into its
+        # emptyDir, before the engine starts: the engine image stays free of torch.
+        init_mounts = [mount for mount in mounts if mount["name"] != "models"]
+        pod_spec["initContainers"] = [{**converter(resource, conversion, f"{CACHE_MOUNT}/huggingface"),
+                                       "volumeMounts": init_mounts} for conversion in plan.conversions]
     metadata = {"labels": names.labels(resource.name)}
     if annotations:
         metadata["annotations"] = annotations
     return {"metadata": metadata, "spec": pod_spec}
 
 
-def deployment(resource: Resource, plan: ModelPlan, serve_path: str | None = None) -> dict:
+def deployment(resource: Resource, plan: ModelPlan, serving: Served | None = None) -> dict:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -330,7 +419,7 @@ def deployment(resource: Resource, plan: ModelPlan, serve_path: str | None = Non
             "progressDeadlineSeconds": (CONVERT_IN_POD_SECONDS if plan.convert_in_pod
                                         else LOAD_SECONDS) + 600,
             "revisionHistoryLimit": 3,
-            "template": pod_template(resource, plan, serve_path),
+            "template": pod_template(resource, plan, serving),
         },
     }
 
@@ -383,13 +472,19 @@ def cache_claim(resource: Resource) -> dict | None:
 
 
 def conversion_job(resource: Resource, plan: ModelPlan) -> dict | None:
-    """One Job that converts the model into the cache before any engine pod starts."""
+    """One Job that converts the model, and the draft, into the cache before any engine pod starts."""
     if not plan.uses_job:
         return None
     volumes, mounts = _volumes(resource, models_read_only=False)
     # Downloads land on the cache volume too: a retried Job does not download again.
-    container = {**converter(resource, plan.serve_path, f"{names.MODELS_MOUNT}/.huggingface"), "volumeMounts": mounts}
-    pod_spec = _pod_spec(resource, [container], volumes, restartPolicy="Never")
+    containers = [{**converter(resource, conversion, f"{names.MODELS_MOUNT}/.huggingface"), "volumeMounts": mounts}
+                  for conversion in plan.conversions]
+    # The draft converts in an init container, the model in the pod's one container: one after the
+    # other, so the pod needs the memory of the bigger conversion, not of both; and a draft (small)
+    # that cannot be converted fails the Job in minutes, not after the model's long conversion.
+    *init_containers, last = containers
+    extra = {"initContainers": init_containers} if init_containers else {}
+    pod_spec = _pod_spec(resource, [last], volumes, restartPolicy="Never", **extra)
     job_spec = {
         "backoffLimit": 2,
         "template": {"metadata": {"labels": names.labels(resource.name, "converter")}, "spec": pod_spec},

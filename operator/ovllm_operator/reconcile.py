@@ -77,7 +77,7 @@ def reconcile(snapshot: Snapshot, kube: Kube, emit: Emit, check_secrets: bool = 
         applied.append(create_if_absent(kube, snapshot, claim))
 
     current = snapshot.child("Deployment", name)
-    serve_path = plan.serve_path
+    serving = builders.served(resource, plan)
     if plan.uses_job:
         job = create_if_absent(kube, snapshot, builders.conversion_job(resource, plan))
         applied.append(job)
@@ -87,14 +87,14 @@ def reconcile(snapshot: Snapshot, kube: Kube, emit: Emit, check_secrets: bool = 
         else:
             if observed.job.state == "running":  # only a pending conversion has a scheduler's reason
                 observed.job_pods_waiting = unschedulable(snapshot.pods({"job-name": observed.job.name}))
-            # Until the new conversion is done, the pods keep serving the last converted model.
-            serve_path = serving_path(current)
-    if serve_path:
-        deployment = apply(kube, snapshot, builders.deployment(resource, plan, serve_path))
+            # Until the new conversion is done, the pods keep serving the last converted model and draft.
+            serving = served_now(current)
+    if serving:
+        deployment = apply(kube, snapshot, builders.deployment(resource, plan, serving))
         applied.append(deployment)
         current = deployment.object
     observed.deployment = current
-    observed.model_path = serve_path
+    observed.model_path = serving.model if serving else None
     if current is not None:
         observed.engine_pods_waiting = unschedulable(snapshot.pods(names.selector_labels(name)))
     recheck = MISSING_SECRET_RECHECK_SECONDS if observed.problems else None
@@ -152,13 +152,16 @@ def _finish(observed: status.Observed, previous: dict, applied: list[Applied], e
     return new
 
 
-def serving_path(deployment: dict | None) -> str | None:
-    """The model directory a Deployment's engine serves (the argument after `serve`)."""
+def served_now(deployment: dict | None) -> builders.Served | None:
+    """What a Deployment's engine serves: the argument after `serve`, and its --speculative-config."""
     if not deployment:
         return None
     for container in deployment["spec"]["template"]["spec"]["containers"]:
         if container["name"] == "engine":
-            return container["args"][1]
+            args = container["args"]
+            flag = builders.SPECULATIVE_CONFIG
+            config = args[args.index(flag) + 1] if flag in args else None
+            return builders.Served(args[1], config)
     return None
 
 

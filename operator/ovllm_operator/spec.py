@@ -89,6 +89,49 @@ class ModelSpec(_Model):
         return self.image_path is None and not self.is_gguf
 
 
+class DraftModelSpec(_Model):
+    hub: str | None = None
+    revision: str | None = None
+    gguf_file: str | None = None
+    image_path: str | None = None
+    weight_format: Literal["fp16", "int8", "int4"] = "int4"
+    parameters_billions: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DraftModelSpec:
+        if (self.hub is None) == (self.image_path is None):
+            raise ValueError("set exactly one draft source: hub or imagePath")
+        if self.hub is None and (self.revision is not None or self.gguf_file is not None):
+            raise ValueError("revision and ggufFile apply only to a hub draft (draftModel.hub)")
+        return self
+
+    @property
+    def source(self) -> str:
+        """The source as one string, for the conversion key and the IR directory's name."""
+        if self.image_path:
+            return self.image_path
+        file = f"/{self.gguf_file}" if self.gguf_file else ""
+        return self.hub + (f"@{self.revision}" if self.revision else "") + file
+
+
+class SpeculativeSpec(_Model):
+    method: Literal["ngram", "draftModel"]
+    num_speculative_tokens: int = Field(default=4, ge=1, le=16)
+    prompt_lookup_max: int | None = Field(default=None, ge=1, le=8)
+    disable_by_batch_size: int | None = Field(default=None, ge=1)
+    draft_model: DraftModelSpec | None = None
+
+    @model_validator(mode="after")
+    def _coherent(self) -> SpeculativeSpec:
+        if self.method == "ngram" and self.draft_model is not None:
+            raise ValueError("draftModel applies only to method draftModel: ngram (prompt lookup) needs no draft")
+        if self.method == "draftModel" and self.draft_model is None:
+            raise ValueError("method draftModel needs draftModel (hub or imagePath)")
+        if self.method == "draftModel" and self.prompt_lookup_max is not None:
+            raise ValueError("promptLookupMax applies only to method ngram")
+        return self
+
+
 class EngineSpec(_Model):
     image: str = "ghcr.io/ovllm/ovllm-engine:0.1.0"
     converter_image: str = "ghcr.io/ovllm/ovllm-converter:0.1.0"
@@ -104,6 +147,7 @@ class EngineSpec(_Model):
     pipeline_parallel_size: Literal[1] | None = None
     extra_args: tuple[str, ...] = ()
     extra_env: tuple[dict[str, Any], ...] = ()
+    speculative: SpeculativeSpec | None = None
 
 
 class CpuSpec(_Model):

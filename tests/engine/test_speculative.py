@@ -102,7 +102,9 @@ def _serve(model, tmp_path_factory, *flags: str) -> Server:
 def smol_servers(smollm2_gguf, tmp_path_factory):
     """The real model three ways: plain, prompt lookup, and a draft model (the GGUF file itself, made
     IR once as the engine makes any GGUF draft)."""
-    lookup = json.dumps({"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3})
+    # from 2 requests in the engine new ones go to the plain pipeline (test_under_load_...)
+    lookup = json.dumps({"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3,
+                         "disable_by_batch_size": 2})
     draft = json.dumps({"method": "draft_model", "model": str(smollm2_gguf), "num_speculative_tokens": 4})
     servers = {}
     try:
@@ -196,8 +198,9 @@ def test_structured_output_is_the_same(smol_servers, method):
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_under_load_new_requests_go_to_the_plain_pipeline_and_agree(smol_servers):
-    """disable_by_batch_size (default 2): the third and fourth of four concurrent requests are not
-    speculated; every answer still equals the plain server's."""
+    """disable_by_batch_size 2: the third and fourth of four concurrent requests go to the plain
+    pipeline (and stay there until fewer than one request is in the engine); every answer still
+    equals the plain server's."""
     plain, fast = smol_servers["plain"], smol_servers["ngram"]
     assert "pipelines (speculating, plain) ready" in fast.log()
     prompts = [*COPY_PROMPTS, CODE_PROMPT, "Write a short story about a lighthouse."]

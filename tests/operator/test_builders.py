@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
@@ -118,7 +119,7 @@ def test_memory_estimate_follows_size_and_weight_format():
     fp16 = make({"model": {"hub": "Qwen/Qwen2.5-7B-Instruct", "weightFormat": "fp16"}})
     assert sizing.engine_memory(int4.spec) == "10Gi"  # 7e9 * 0.6 B = 3.9 GiB + 4 + 2
     assert sizing.engine_memory(fp16.spec) == "20Gi"  # 7e9 * 2 B = 13.04 GiB + 4 + 2
-    hinted = make({"model": {"imagePath": "/opt/model", "parametersBillions": 1.5}})
+    hinted = make({"model": {"hub": "acme/chat", "parametersBillions": 1.5}})
     assert sizing.parameters_billions(hinted.spec) == 1.5
     unknown = make({"model": {"imagePath": "/opt/model"}})
     assert sizing.engine_memory(unknown.spec) == "13Gi"  # assumed 7B: 6.8 GiB + 4 + 2
@@ -386,3 +387,148 @@ def test_a_router_fronts_the_engines_with_only_the_rights_to_watch_endpointslice
 def test_invalid_autoscaling_is_refused_naming_the_field(autoscaling, message):
     with pytest.raises(SpecError, match=message):
         make({**HUB, "autoscaling": autoscaling})
+
+
+DRAFT_HUB = {"hub": "Qwen/Qwen2.5-0.5B-Instruct"}
+SEVEN_B = {"model": {"hub": "Qwen/Qwen2.5-7B-Instruct"}}
+
+
+def with_speculative(spec: dict, **speculative) -> dict:
+    return {**spec, "engine": {**spec.get("engine", {}), "speculative": speculative}}
+
+
+def speculative_config(resource) -> dict | None:
+    args = engine_container(deployment_of(resource))["args"]
+    return json.loads(args[args.index("--speculative-config") + 1]) if "--speculative-config" in args else None
+
+
+def test_ngram_speculation_is_compact_json_with_the_lookup_default():
+    resource = make(with_speculative(HUB, method="ngram"))
+    args = engine_container(deployment_of(resource))["args"]
+    assert args[args.index("--speculative-config") + 1] == (
+        '{"method":"ngram","num_speculative_tokens":4,"prompt_lookup_max":3}')
+    tuned = make(with_speculative(HUB, method="ngram", numSpeculativeTokens=8, promptLookupMax=5))
+    assert speculative_config(tuned) == {"method": "ngram", "num_speculative_tokens": 8, "prompt_lookup_max": 5}
+    assert speculative_config(make(HUB)) is None
+
+
+def test_an_image_draft_is_passed_as_it_is_and_converts_nothing():
+    resource = make(with_speculative({"model": {"imagePath": "/opt/models/qwen-7b"}}, method="draftModel",
+                                     draftModel={"imagePath": "/opt/models/draft.gguf"}, numSpeculativeTokens=3))
+    assert speculative_config(resource) == {"method": "draft_model", "model": "/opt/models/draft.gguf",
+                                            "num_speculative_tokens": 3}
+    assert "initContainers" not in deployment_of(resource)["spec"]["template"]["spec"]
+    assert conversion_job_of(resource) is None
+
+
+def test_without_a_cache_the_draft_converts_in_its_own_init_container_beside_the_model():
+    resource = make(with_speculative(SEVEN_B, method="draftModel",
+                                     draftModel={**DRAFT_HUB, "revision": "v2", "weightFormat": "int8"}))
+    pod = deployment_of(resource)["spec"]["template"]["spec"]
+    draft, model = pod["initContainers"]
+    assert (draft["name"], model["name"]) == ("convert-draft", "convert")
+    assert draft["args"] == ["convert", "Qwen/Qwen2.5-0.5B-Instruct", "--output", "/cache/draft",
+                             "--weight-format", "int8", "--revision", "v2"]
+    assert model["args"][:4] == ["convert", "Qwen/Qwen2.5-7B-Instruct", "--output", "/cache/model"]
+    assert draft["volumeMounts"] == model["volumeMounts"]
+    assert speculative_config(resource) == {"method": "draft_model", "model": "/cache/draft",
+                                            "num_speculative_tokens": 4}
+
+
+def test_with_a_cache_the_job_converts_the_draft_then_the_model_into_their_own_directories():
+    resource = make({**with_speculative(SEVEN_B, method="draftModel", draftModel=DRAFT_HUB), "modelCache": {}})
+    pod = conversion_job_of(resource)["spec"]["template"]["spec"]
+    (draft,) = pod["initContainers"]
+    (model,) = pod["containers"]
+    draft_dir, model_dir = draft["args"][3], model["args"][3]
+    assert draft["args"] == ["convert", "Qwen/Qwen2.5-0.5B-Instruct", "--output", draft_dir, "--weight-format", "int4"]
+    assert draft_dir.startswith("/models/Qwen2.5-0.5B-Instruct--int4--") and model_dir.startswith("/models/")
+    assert draft_dir != model_dir and draft["volumeMounts"] == model["volumeMounts"]
+    assert env_values(draft)["VLLM_OPENVINO_ENABLE_QUANTIZED_WEIGHTS"] == "OFF"  # the draft's int4, not int8
+    assert speculative_config(resource)["model"] == draft_dir
+    assert engine_container(deployment_of(resource))["args"][1] == model_dir
+    # The conversion pod needs the bigger conversion's memory: the 7B model's.
+    assert draft["resources"] == model["resources"] == conversion_job_of(make({**SEVEN_B, "modelCache": {}}))[
+        "spec"]["template"]["spec"]["containers"][0]["resources"]
+
+
+@pytest.mark.parametrize("model", [{"imagePath": "/opt/models/qwen-7b"},
+                                   {"hub": "Qwen/Qwen2.5-7B-Instruct-GGUF", "ggufFile": "q4.gguf"}])
+def test_a_hub_draft_converts_even_when_the_model_does_not(model):
+    draft = {**DRAFT_HUB, "ggufFile": "draft-q8.gguf", "weightFormat": "fp16"}
+    cached = make({**with_speculative({"model": model}, method="draftModel", draftModel=draft), "modelCache": {}})
+    (container,) = conversion_job_of(cached)["spec"]["template"]["spec"]["containers"]
+    assert container["name"] == "convert-draft"
+    assert container["args"][-4:] == ["--weight-format", "fp16", "--gguf-file", "draft-q8.gguf"]
+    # A 0.5B draft's conversion: 0.5e9 * 4.5 B = 2.1 GiB + 3.
+    assert container["resources"]["limits"]["memory"] == "6Gi"
+    uncached = make(with_speculative({"model": model}, method="draftModel", draftModel=draft))
+    (init,) = deployment_of(uncached)["spec"]["template"]["spec"]["initContainers"]
+    assert (init["name"], init["args"][3]) == ("convert-draft", "/cache/draft")
+
+
+def test_the_hub_token_serves_the_draft_download_too():
+    resource = make(with_speculative({"model": {**SEVEN_B["model"], "hubTokenSecretRef": {"name": "hf"}}},
+                                     method="draftModel", draftModel=DRAFT_HUB))
+    for init in deployment_of(resource)["spec"]["template"]["spec"]["initContainers"]:
+        assert env_values(init)["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+
+
+def test_the_conversion_job_changes_with_the_draft():
+    base = {**SEVEN_B, "modelCache": {}}
+    names_of = {conversion_job_of(make(spec))["metadata"]["name"] for spec in (
+        base,
+        with_speculative(base, method="draftModel", draftModel=DRAFT_HUB),
+        with_speculative(base, method="draftModel", draftModel={**DRAFT_HUB, "weightFormat": "int8"}),
+        with_speculative(base, method="draftModel", draftModel={"hub": "Qwen/Qwen2.5-1.5B-Instruct"}),
+    )}
+    assert len(names_of) == 4
+    # ngram needs no conversion: the Job stays the model's own.
+    assert conversion_job_of(make(with_speculative(base, method="ngram")))["metadata"]["name"] == (
+        conversion_job_of(make(base))["metadata"]["name"])
+
+
+def test_the_memory_estimate_counts_the_drafts_weights():
+    plain = make(SEVEN_B)
+    named = make(with_speculative(SEVEN_B, method="draftModel", draftModel={"hub": "Qwen/Qwen2.5-1.5B-Instruct"}))
+    unnamed = make(with_speculative(SEVEN_B, method="draftModel", draftModel={"imagePath": "/opt/draft"}))
+    sized = make(with_speculative(SEVEN_B, method="draftModel", draftModel={
+        "imagePath": "/opt/draft", "parametersBillions": 3, "weightFormat": "fp16"}))
+    assert sizing.engine_memory(plain.spec) == "13Gi"  # 7e9 * 1.05 B = 6.8 GiB + 4 + 2
+    assert sizing.engine_memory(named.spec) == "14Gi"  # + 1.5e9 * 0.6 B = 0.84 GiB
+    assert sizing.weights_gib(unnamed.spec) - sizing.weights_gib(plain.spec) == pytest.approx(
+        0.5e9 * 0.6 / 2**30)  # a draft's size unknown: 0.5B assumed, int4 by default
+    assert sizing.engine_memory(sized.spec) == "19Gi"  # + 3e9 * 2 B = 5.6 GiB
+    assert sizing.engine_memory(make(with_speculative(SEVEN_B, method="ngram")).spec) == "13Gi"
+
+
+@pytest.mark.parametrize(("speculative", "message"), [
+    ({"method": "ngram", "draftModel": DRAFT_HUB}, "draftModel applies only to method draftModel"),
+    ({"method": "draftModel"}, "method draftModel needs draftModel"),
+    ({"method": "draftModel", "draftModel": DRAFT_HUB, "promptLookupMax": 3}, "promptLookupMax applies only to"),
+    ({"method": "draftModel", "draftModel": {**DRAFT_HUB, "imagePath": "/d"}}, "exactly one draft source"),
+    ({"method": "draftModel", "draftModel": {"imagePath": "/d", "revision": "v1"}}, "only to a hub draft"),
+    ({"method": "ngram", "numSpeculativeTokens": 17}, "spec.engine.speculative.numSpeculativeTokens"),
+])
+def test_inconsistent_speculation_is_reported_naming_the_field(speculative, message):
+    with pytest.raises(SpecError, match="spec.engine.speculative") as caught:
+        make(with_speculative(HUB, **speculative))
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("speculative", [None, {"method": "ngram"},
+                                         {"method": "draftModel", "draftModel": DRAFT_HUB}])
+def test_a_deployment_tells_what_it_serves_so_a_conversion_keeps_the_pair(speculative):
+    from ovllm_operator import reconcile
+
+    spec = {**SEVEN_B, "modelCache": {}} if speculative is None else with_speculative(
+        {**SEVEN_B, "modelCache": {}}, **speculative)
+    resource = make(spec)
+    plan = builders.model_plan(resource)
+    serving = reconcile.served_now(builders.deployment(resource, plan))
+    assert serving == builders.served(resource, plan)
+    # A new draft being converted: the pods keep the model and draft they serve.
+    newer = make({**spec, "engine": {"speculative": {"method": "draftModel", "draftModel": {
+        "hub": "Qwen/Qwen2.5-1.5B-Instruct"}}}})
+    kept = builders.deployment(newer, builders.model_plan(newer), serving)
+    assert reconcile.served_now(kept) == serving

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import typing
 from pathlib import Path
 
+import pytest
 import yaml
+from kubernetes.client.exceptions import ApiException
+from operator_testing import create
 from pydantic import BaseModel
 
 from ovllm_operator import names
@@ -87,3 +91,53 @@ def test_operator_imports_nothing_of_the_engine():
             "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+HUB_MODEL = {"hub": "Qwen/Qwen2.5-7B-Instruct"}
+DRAFT = {"hub": "Qwen/Qwen2.5-0.5B-Instruct"}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("speculative", "message"), [
+    ({"method": "ngram", "draftModel": DRAFT}, "spec.engine.speculative.draftModel applies only to method draftModel"),
+    ({"method": "draftModel"}, "spec.engine.speculative.draftModel is required with method draftModel"),
+    ({"method": "draftModel", "draftModel": DRAFT, "promptLookupMax": 3},
+     "spec.engine.speculative.promptLookupMax applies only to method ngram"),
+    ({"method": "ngram", "numSpeculativeTokens": 0}, "spec.engine.speculative.numSpeculativeTokens"),
+    ({"method": "ngram", "numSpeculativeTokens": 17}, "spec.engine.speculative.numSpeculativeTokens"),
+    ({"method": "draftModel", "draftModel": {**DRAFT, "imagePath": "/opt/draft"}},
+     "spec.engine.speculative.draftModel: set exactly one source: hub or imagePath"),
+    ({"method": "draftModel", "draftModel": {"imagePath": "/opt/draft", "revision": "v1"}},
+     "spec.engine.speculative.draftModel.revision applies only to a hub draft"),
+    ({"method": "medusa"}, "spec.engine.speculative.method"),
+])
+def test_the_api_server_refuses_inconsistent_speculation(api, namespace, speculative, message):
+    with pytest.raises(ApiException) as caught:
+        create(api, namespace, "invalid", {"model": HUB_MODEL, "engine": {"speculative": speculative}})
+    assert caught.value.status == 422
+    assert message in json.loads(caught.value.body)["message"]
+
+
+@pytest.mark.e2e
+def test_the_api_server_refuses_the_speculative_flag_in_extra_args(api, namespace):
+    with pytest.raises(ApiException) as caught:
+        create(api, namespace, "invalid", {"model": HUB_MODEL,
+                                           "engine": {"extraArgs": ['--speculative-config={"method":"ngram"}']}})
+    assert caught.value.status == 422
+    assert "speculative decoding); set the spec field instead" in json.loads(caught.value.body)["message"]
+
+
+@pytest.mark.e2e
+def test_the_api_server_accepts_speculation_and_applies_its_defaults(api, namespace):
+    ngram = create(api, namespace, "ngram", {"model": HUB_MODEL, "engine": {"speculative": {"method": "ngram"}}})
+    assert ngram["spec"]["engine"]["speculative"] == {"method": "ngram", "numSpeculativeTokens": 4}
+    draft = create(api, namespace, "draft", {"model": HUB_MODEL, "engine": {"speculative": {
+        "method": "draftModel", "numSpeculativeTokens": 6, "draftModel": {**DRAFT, "revision": "main"}}}})
+    assert draft["spec"]["engine"]["speculative"] == {"method": "draftModel", "numSpeculativeTokens": 6, "draftModel": {
+        **DRAFT, "revision": "main", "weightFormat": "int4"}}
+    # A model baked into the image needs no cache, unless a hub draft is converted into it.
+    baked = {"model": {"imagePath": "/opt/models/qwen"}, "modelCache": {}}
+    create(api, namespace, "baked", {**baked, "engine": {"speculative": {"method": "draftModel", "draftModel": DRAFT}}})
+    with pytest.raises(ApiException) as caught:
+        create(api, namespace, "baked-ngram", {**baked, "engine": {"speculative": {"method": "ngram"}}})
+    assert "spec.modelCache: a model baked into the image" in json.loads(caught.value.body)["message"]

@@ -204,6 +204,7 @@ class EngineLoop:
         spec = lanes[0].spec
         # with two lanes: requests in the engine from which new ones go to the plain lane
         self.speculation_limit = spec.disable_by_batch_size if spec is not None and len(lanes) > 1 else None
+        self.speculating = True  # new requests go to the speculating lane
 
     def serve(self) -> None:
         while self.running:
@@ -250,10 +251,18 @@ class EngineLoop:
             raise TypeError(f"unknown message {message!r}")
 
     def _lane_for_new(self) -> Lane:
-        """The speculating lane, unless the engine holds speculation_limit requests or more."""
-        if self.speculation_limit is not None and len(self.handles) >= self.speculation_limit:
-            return self.lanes[1]
-        return self.lanes[0]
+        """The lane for a new request. Two busy lanes cost a pass over the weights each per loop, so
+        new requests stick to one lane: the speculating one until the engine holds speculation_limit
+        requests, then the plain one until it holds fewer than half as many (the other lane drains
+        as its requests finish)."""
+        if self.speculation_limit is None:
+            return self.lanes[0]
+        held = len(self.handles)
+        if self.speculating and held >= self.speculation_limit:
+            self.speculating = False
+        elif not self.speculating and held < max(1, self.speculation_limit // 2):
+            self.speculating = True
+        return self.lanes[0] if self.speculating else self.lanes[1]
 
     def _add(self, message: AddRequest) -> None:
         request_id = message.request_id
