@@ -7,8 +7,8 @@ For each model it serves the same model three ways (off, `{"method": "ngram"}`, 
 - batch 1: output tok/s (output tokens over the requests' wall time, one at a time) and TPOT (time
   per output token after the first), on a copy-heavy workload (rewrite a given text, edit given
   code) and on free generation; acceptance from the server's own vllm:spec_decode_* counters;
-- throughput at concurrency 16 and 64 (one wave of requests each), with speculation as configured
-  (it turns itself off from disable_by_batch_size requests) and with it forced on for every request.
+- throughput at concurrency 2, 4, 16 and 64 (3 x N requests, at most N in flight), with speculation as
+  configured (it turns itself off from disable_by_batch_size requests) and forced on for every request.
 
 It also checks that every speculative answer equals the plain one token for token (greedy).
 
@@ -135,13 +135,21 @@ async def batch_one(base_url: str, model: str, prompts: list[str], max_tokens: i
     return result
 
 
-async def wave(base_url: str, model: str, prompts: list[str], max_tokens: int, chat: bool) -> dict:
+async def at_concurrency(base_url: str, model: str, prompts: list[str], level: int, max_tokens: int,
+                         chat: bool) -> dict:
+    """All `prompts`, at most `level` in flight: a steady load once the first ones finish."""
     from openai import AsyncOpenAI
+
+    gate = asyncio.Semaphore(level)
+
+    async def gated(client, prompt: str) -> dict:
+        async with gate:
+            return await one(client, model, prompt, max_tokens, chat, True)
 
     async with AsyncOpenAI(base_url=f"{base_url}/v1", api_key="none", max_retries=0, timeout=1200) as client:
         await one(client, model, prompts[0], 8, chat, True)
         started = time.perf_counter()
-        runs = await asyncio.gather(*(one(client, model, p, max_tokens, chat, True) for p in prompts))
+        runs = await asyncio.gather(*(gated(client, p) for p in prompts))
         seconds = time.perf_counter() - started
     tokens = sum(r["tokens"] for r in runs)
     return {"requests": len(prompts), "output_tokens": tokens, "output_tok_s": tokens / seconds}
@@ -162,7 +170,9 @@ def bench_model(name: str, main: str, draft: str, args, workloads: dict, chat: b
             variants["forced_on"] = {**spec, "disable_by_batch_size": FORCED_ON}
         for variant, config in variants.items():
             label = f"{mode}_{variant}" if variant else mode
-            flags = ["--max-num-seqs", str(max(args.concurrency)), "--disable-log-requests"]
+            # prefix caching off for all: a draft model turns it off, and the warm-up would favour the rest
+            flags = ["--max-num-seqs", str(max(args.concurrency)), "--disable-log-requests",
+                     "--no-enable-prefix-caching"]
             if config is not None:
                 flags += ["--speculative-config", json.dumps(config)]
             print(f"[{name}] serving {label}", flush=True)
@@ -176,8 +186,9 @@ def bench_model(name: str, main: str, draft: str, args, workloads: dict, chat: b
                         results["batch_1"].setdefault(workload, {})[mode] = measured
                         print(f"[{name}] {label} {workload}: {measured['output_tok_s']:.1f} tok/s", flush=True)
                 for level in args.concurrency:
-                    prompts = (workloads.get("copy_heavy") or workloads["free"]) * level
-                    measured = asyncio.run(wave(base_url, model, prompts[:level], args.wave_tokens, chat))
+                    count = args.waves * level
+                    prompts = ((workloads.get("copy_heavy") or workloads["free"]) * count)[:count]
+                    measured = asyncio.run(at_concurrency(base_url, model, prompts, level, args.wave_tokens, chat))
                     results["concurrency"].setdefault(str(level), {})[label] = measured
                     print(f"[{name}] {label} c{level}: {measured['output_tok_s']:.1f} tok/s", flush=True)
     for by_mode in results["batch_1"].values():
@@ -222,7 +233,8 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=6, help="batch-1 requests per workload")
     parser.add_argument("--max-tokens", type=int, default=200)
     parser.add_argument("--wave-tokens", type=int, default=128)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[2, 4, 16, 64])
+    parser.add_argument("--waves", type=int, default=3, help="requests per concurrency level, times the level")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "engine"))
     from ovllm_engine import testmodels
