@@ -7,7 +7,7 @@ For each model it serves the same model three ways (off, `{"method": "ngram"}`, 
 - batch 1: output tok/s (output tokens over the requests' wall time, one at a time) and TPOT (time
   per output token after the first), on a copy-heavy workload (rewrite a given text, edit given
   code) and on free generation; acceptance from the server's own vllm:spec_decode_* counters;
-- throughput at concurrency 2, 4, 16 and 64 (3 x N requests, at most N in flight), with speculation as
+- throughput at concurrency 2, 4, 16 and 64 (2 x N requests, at most N in flight), with speculation as
   configured (it turns itself off from disable_by_batch_size requests) and forced on for every request.
 
 It also checks that every speculative answer equals the plain one token for token (greedy).
@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEXT = (ROOT / "benchmarks" / "texts" / "quality.txt").read_text()
 PORT = 8731
 FORCED_ON = 1 << 20  # disable_by_batch_size that no load reaches
+SLOW = 0.8  # a method this much slower than plain decoding at batch 1 is not measured under load
 
 CODE = '''def total_price(items, tax_rate):
     subtotal = 0
@@ -162,11 +163,15 @@ def bench_model(name: str, main: str, draft: str, args, workloads: dict, chat: b
         "ngram": {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": args.prompt_lookup_max},
         "draft": {"method": "draft_model", "model": draft, "num_speculative_tokens": k},
     }
+    modes = {mode: config for mode, config in modes.items() if mode == "off" or mode in args.modes}
+    if args.disable_by_batch_size:  # else the engine's default
+        modes = {mode: config and {**config, "disable_by_batch_size": args.disable_by_batch_size}
+                 for mode, config in modes.items()}
     results: dict = {"main": main, "draft": draft, "batch_1": {}, "concurrency": {}}
     base_url = f"http://127.0.0.1:{PORT}"
     for mode, spec in modes.items():
         variants = {"": spec}
-        if spec is not None:
+        if spec is not None and args.forced_on:
             variants["forced_on"] = {**spec, "disable_by_batch_size": FORCED_ON}
         for variant, config in variants.items():
             label = f"{mode}_{variant}" if variant else mode
@@ -185,7 +190,14 @@ def bench_model(name: str, main: str, draft: str, args, workloads: dict, chat: b
                                                          ignore_eos=not chat))
                         results["batch_1"].setdefault(workload, {})[mode] = measured
                         print(f"[{name}] {label} {workload}: {measured['output_tok_s']:.1f} tok/s", flush=True)
+                batch_1 = [by_mode.get(mode) for by_mode in results["batch_1"].values()]
+                slow = all(m and m["output_tok_s"] < SLOW * by_mode["off"]["output_tok_s"]
+                           for m, by_mode in zip(batch_1, results["batch_1"].values(), strict=True))
                 for level in args.concurrency:
+                    if mode != "off" and slow and level > 4:
+                        # slower than plain decoding even alone: a loaded server only loses more
+                        results["concurrency"].setdefault(str(level), {})[label] = {"skipped": "slower at batch 1"}
+                        continue
                     count = args.waves * level
                     prompts = ((workloads.get("copy_heavy") or workloads["free"]) * count)[:count]
                     measured = asyncio.run(at_concurrency(base_url, model, prompts, level, args.wave_tokens, chat))
@@ -193,7 +205,7 @@ def bench_model(name: str, main: str, draft: str, args, workloads: dict, chat: b
                     print(f"[{name}] {label} c{level}: {measured['output_tok_s']:.1f} tok/s", flush=True)
     for by_mode in results["batch_1"].values():
         plain = by_mode["off"]
-        for mode in ("ngram", "draft"):
+        for mode in set(by_mode) - {"off"}:
             by_mode[mode]["speedup"] = by_mode[mode]["output_tok_s"] / plain["output_tok_s"]
             # greedy: speculation changes no token under exact arithmetic; with bf16 or int8 activations
             # checking K+1 tokens at once rounds differently from one at a time, and near-ties can flip
@@ -206,7 +218,8 @@ def bench_model(name: str, main: str, draft: str, args, workloads: dict, chat: b
     for by_label in results["concurrency"].values():
         plain = by_label["off"]["output_tok_s"]
         for measured in by_label.values():
-            measured["vs_off"] = measured["output_tok_s"] / plain
+            if "output_tok_s" in measured:
+                measured["vs_off"] = measured["output_tok_s"] / plain
     return results
 
 
@@ -234,7 +247,11 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=200)
     parser.add_argument("--wave-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[2, 4, 16, 64])
-    parser.add_argument("--waves", type=int, default=3, help="requests per concurrency level, times the level")
+    parser.add_argument("--modes", nargs="+", default=["off", "ngram", "draft"], help="off always runs first")
+    parser.add_argument("--disable-by-batch-size", type=int, help="for every speculative mode (default: the engine's)")
+    parser.add_argument("--no-forced-on", dest="forced_on", action="store_false",
+                        help="skip the runs with speculation forced on for every request")
+    parser.add_argument("--waves", type=int, default=2, help="requests per concurrency level, times the level")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "engine"))
     from ovllm_engine import testmodels
@@ -250,6 +267,7 @@ def main() -> int:
         workloads = {"copy_heavy": copy_heavy(args.prompts), "free": free_generation(args.prompts)}
         results["models"]["SmolLM2-135M-Instruct fp16, int4 draft"] = bench_model(
             "smollm2", main_ir, draft_ir, args, workloads, chat=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
     if "qwen2.5-0.5b" in args.models:
         main_ir = str(testmodels.ov_model("qwen2.5-0.5b", "int8"))
         draft_ir = convert(str(testmodels.hf_model("qwen2.5-0.5b")), args.work_dir / "qwen2.5-0.5b-int4",

@@ -39,10 +39,11 @@ MAX_NGRAM = 8
 # vLLM's default n-gram size is 5; GenAI's own samples use 3, which finds more matches in short prompts.
 DEFAULT_PROMPT_LOOKUP_MAX = 3
 # Speculation pays while a step is bound by reading the weights, not by computing on K+1 tokens per
-# sequence: on 2 cores, with SmolLM2 in fp16 under a steady load, prompt lookup paid 1.4x at 4
-# sequences and cost 18 percent at 16 (BENCHMARKS.md). From this many requests in the engine, new
-# ones go to a plain pipeline (vLLM's disable_by_batch_size).
-DEFAULT_DISABLE_BY_BATCH_SIZE = 8
+# sequence: on 2 cores, with SmolLM2 in fp16 under a steady load, prompt lookup forced on every
+# request paid 1.5x at 4 in flight and cost 8 percent at 16; with 4 here the whole run cost 2-3
+# percent at 16 and 64 (BENCHMARKS.md). From this many requests in the engine, new ones go to a
+# plain pipeline (vLLM's disable_by_batch_size).
+DEFAULT_DISABLE_BY_BATCH_SIZE = 4
 COMMON_KEYS = {"method", "num_speculative_tokens", "disable_by_batch_size"}
 KEYS = {
     NGRAM: COMMON_KEYS | {"prompt_lookup_max", "prompt_lookup_min"},

@@ -22,7 +22,7 @@ UNKNOWN_PARAMETERS_BILLIONS = 7.0
 # The engine's default disable_by_batch_size (engine/ovllm_engine/speculative.py; test_contract checks it):
 # below spec.engine.maxNumSeqs the engine keeps a plain pipeline, a second copy of the weights, beside the
 # speculating one.
-ENGINE_DISABLE_BY_BATCH_SIZE = 8
+ENGINE_DISABLE_BY_BATCH_SIZE = 4
 # A draft model's size when neither given nor written in its name: drafts are the 0.5B class.
 UNKNOWN_DRAFT_PARAMETERS_BILLIONS = 0.5
 
