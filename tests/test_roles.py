@@ -58,9 +58,11 @@ def uv() -> Path:
 
 
 def role_venv(extra: str) -> Path:
-    """A virtual environment with ovllm (editable) and this one extra, cached by the dependency files;
-    made once per change of pyproject.toml or constraints.txt (uv links the wheels from its cache)."""
-    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + (ROOT / "constraints.txt").read_bytes())
+    """A virtual environment with ovllm (editable) and this one extra, cached by the dependency files
+    and the checkout it points at (an editable install of a clone that is gone imports nothing); made
+    once per change of pyproject.toml or constraints.txt (uv links the wheels from its cache)."""
+    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + (ROOT / "constraints.txt").read_bytes()
+                         + str(ROOT).encode())
     venv = Path.home() / ".cache" / "ovllm" / "role-venvs" / key.hexdigest()[:16] / extra
     if not (venv / "complete").is_file():
         subprocess.run([uv(), "venv", "--quiet", "--clear", "--python", sys.executable, venv], check=True)
