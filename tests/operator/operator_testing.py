@@ -132,6 +132,13 @@ def events(api, namespace: str, name: str) -> list:
     return [(e.type, e.reason, e.message) for e in found.items]
 
 
+def wait_events(api, namespace: str, name: str, wanted, timeout: float = 15.0) -> list:
+    """The resource's Events once `wanted(events)` holds. The operator posts Events in the background
+    (events.py, as client-go's recorder does), so one may land a moment after the status it explains."""
+    return wait_for(f"Events of {name}", lambda: (lambda found: wanted(found) and found)(
+        events(api, namespace, name)), timeout)
+
+
 def engine_pods(api, namespace: str, name: str) -> list:
     selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/name=ovllm-engine"
     return api.core.list_namespaced_pod(namespace, label_selector=selector).items

@@ -20,9 +20,9 @@ from operator_testing import (
     conditions,
     create,
     engine_pods,
-    events,
     resource,
     settled,
+    wait_events,
     wait_for,
     wait_phase,
 )
@@ -91,8 +91,8 @@ def test_a_resource_becomes_a_converted_model_and_a_ready_fleet_on_the_right_cpu
         s.addresses or []])
     assert len(endpoints) == 2
     assert api.policy.read_namespaced_pod_disruption_budget("qwen", namespace).spec.max_unavailable == 1
-    reasons = {reason for _, reason, _ in events(api, namespace, "qwen")}
-    assert {"Created", "Converting", "Converted", "EnginesReady"} <= reasons
+    wait_events(api, namespace, "qwen", lambda found: {"Created", "Converting", "Converted", "EnginesReady"} <= {
+        reason for _, reason, _ in found})
 
 
 def test_scale_subresource_and_an_hpa_target(api, operator, namespace, control_plane):
@@ -226,7 +226,7 @@ def test_a_spec_only_the_operator_can_refuse_is_reported_and_blocks_nothing(api,
     failed = wait_phase(api, namespace, "too-small", "Failed")
     degraded = conditions(failed)["Degraded"]
     assert degraded["reason"] == "InvalidSpec" and "spec.cpu.memory: 4Gi" in degraded["message"]
-    assert any(kind == "Warning" and reason == "InvalidSpec" for kind, reason, _ in events(api, namespace, "too-small"))
+    wait_events(api, namespace, "too-small", lambda found: ("Warning", "InvalidSpec") in {e[:2] for e in found})
     with pytest.raises(ApiException):
         api.apps.read_namespaced_deployment("too-small", namespace)
     wait_phase(api, namespace, "fine", "Ready")
@@ -240,8 +240,7 @@ def test_a_failed_conversion_shows_the_jobs_reason(api, operator, namespace):
     model = conditions(failed)["ModelReady"]
     assert (model["status"], model["reason"]) == ("False", "ConversionFailed")
     assert "BackoffLimitExceeded" in model["message"]
-    assert any(kind == "Warning" and reason == "ConversionFailed" for kind, reason, _ in events(
-        api, namespace, "broken"))
+    wait_events(api, namespace, "broken", lambda found: ("Warning", "ConversionFailed") in {e[:2] for e in found})
     with pytest.raises(ApiException):
         api.apps.read_namespaced_deployment("broken", namespace)
 

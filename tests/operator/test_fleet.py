@@ -36,6 +36,7 @@ from operator_testing import (
     engine_pods,
     events,
     resource,
+    wait_events,
     wait_for,
     wait_phase,
 )
@@ -149,7 +150,7 @@ def test_the_autoscaler_scales_on_the_engines_own_metrics_and_holds_when_it_cann
     held = wait_for("a hold for want of metrics", lambda: (
         s := autoscaling_status(api, namespace, "auto")).get("lastDecisionReason") == "MetricUnavailable" and s)
     assert held["desiredReplicas"] == 1 and held["unreadablePods"] == 1 and "currentAverage" not in held
-    assert ("Warning", "MetricUnavailable") in {e[:2] for e in events(api, namespace, "auto")}
+    wait_events(api, namespace, "auto", lambda found: ("Warning", "MetricUnavailable") in {e[:2] for e in found})
 
     # A real engine at the pod's address.
     engine = engines.start(first)
