@@ -231,7 +231,8 @@ def prepare_draft(args, settings, spec: speculative.SpeculativeConfig | None = N
     """Bring the draft model of --speculative-config (parsed here unless given) to IR as MODEL is
     brought (downloaded, converted once and cached; a GGUF file becomes GenAI's own graph of it, as
     GenAI's draft loader reads IR only). ConfigError, or ModelError from the download or conversion."""
-    from ovllm_engine.onboard.prepare import prepare
+    from ovllm_engine.onboard.prepare import ConversionReported, prepare
+    from ovllm_engine.onboard.source import ModelError
 
     spec = spec or speculative.parse(args.speculative_config)
     if spec is None or spec.method != speculative.DRAFT_MODEL:
@@ -240,7 +241,12 @@ def prepare_draft(args, settings, spec: speculative.SpeculativeConfig | None = N
         **vars(args), "weight_format": spec.quantization, "revision": spec.revision, "gguf_file": None,
         "group_size": None, "ratio": None, "sym": False})
     log.info("speculative decoding: preparing the draft model %s", spec.model)
-    draft = prepare(spec.model, draft_args, replace(settings, quantized_weights=None), isolate=True)
+    try:
+        draft = prepare(spec.model, draft_args, replace(settings, quantized_weights=None), isolate=True)
+    except ConversionReported:  # its line is logged already
+        raise
+    except ModelError as exc:
+        raise ModelError(f"the draft model: {exc}") from None
     return replace(spec, model_path=str(draft.path))
 
 
@@ -268,25 +274,17 @@ def _run(args) -> int:
         args.model = str(_demo_model())
         args.served_model_name = args.served_model_name or DEMO_NAME
         args.demo = True
+    settings = parse_env()
     try:
         spec = speculative.parse(args.speculative_config)  # a wrong flag stops before any download
-        model = prepare(args.model, args, parse_env(), isolate=True, serve_gguf=True)
+        model = prepare(args.model, args, settings, isolate=True, serve_gguf=True)
+        args.model = str(model.path)
+        args.served_model_name = args.served_model_name or model.name
+        args.speculative = prepare_draft(args, settings, spec)
     except ConversionReported:
         return 1
     except ModelError as exc:
         log.error("%s", exc)
-        return 1
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    args.model = str(model.path)
-    args.served_model_name = args.served_model_name or model.name
-    try:
-        args.speculative = prepare_draft(args, parse_env(), spec)
-    except ConversionReported:
-        return 1
-    except ModelError as exc:
-        log.error("the draft model: %s", exc)
         return 1
     except ConfigError as exc:
         log.error("%s", exc)
