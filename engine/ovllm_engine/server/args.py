@@ -274,8 +274,8 @@ def _run(args) -> int:
         args.model = str(_demo_model())
         args.served_model_name = args.served_model_name or DEMO_NAME
         args.demo = True
-    settings = parse_env()
     try:
+        settings = parse_env()
         spec = speculative.parse(args.speculative_config)  # a wrong flag stops before any download
         model = prepare(args.model, args, settings, isolate=True, serve_gguf=True)
         args.model = str(model.path)
