@@ -218,6 +218,52 @@ def test_under_load_new_requests_go_to_the_plain_pipeline_and_agree(smol_servers
 
 @pytest.mark.e2e
 @pytest.mark.slow
+def test_requests_running_when_load_rises_move_to_the_plain_pipeline_and_agree(smol_servers):
+    """Two requests speculate and have streamed tokens when two more arrive (disable_by_batch_size 2).
+    The unconstrained one moves to the plain pipeline with what it has delivered as part of its
+    prompt; the structured-output one (a grammar's state cannot move) finishes where it is. Every
+    answer, streamed across the move, equals the plain server's."""
+    plain, fast = smol_servers["plain"], smol_servers["ngram"]
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    constrained = {"response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}},
+                   "max_tokens": 40}
+    first = [(COPY_PROMPTS[0], {"max_tokens": 96, "extra_body": {"ignore_eos": True}}),
+             ('Repeat this JSON as it is: {"name": "Ann Lee", "age": 31}', constrained)]
+    later = [(CODE_PROMPT, {"max_tokens": 48}), (COPY_PROMPTS[1], {"max_tokens": 48})]
+    expected = [chat(plain, p, **kw).choices[0].message.content for p, kw in [*first, *later]]
+    moved_before = fast.log().count("moved 1 request(s) to the plain pipeline")
+
+    async def moved_midway() -> list[str]:
+        async with fast.async_client() as client:
+            async def read(stream, text: list[str]) -> str:
+                async for chunk in stream:
+                    if chunk.choices:
+                        text.append(chunk.choices[0].delta.content or "")
+                return "".join(text)
+
+            texts: list[list[str]] = [[], []]
+            streams = [await client.chat.completions.create(
+                model=NAME, messages=[{"role": "user", "content": p}], temperature=0, stream=True, **kw)
+                for p, kw in first]
+            iterators = [stream.__aiter__() for stream in streams]
+            pairs = list(zip(iterators, texts, strict=True))
+            for iterator, text in pairs:  # both have delivered tokens before the load rises
+                while len(text) < 3:
+                    chunk = await iterator.__anext__()
+                    if chunk.choices:
+                        text.append(chunk.choices[0].delta.content or "")
+            rest = [asyncio.ensure_future(read(iterator, text)) for iterator, text in pairs]
+            answers = await asyncio.gather(*(client.chat.completions.create(
+                model=NAME, messages=[{"role": "user", "content": p}], temperature=0, **kw) for p, kw in later))
+            return [*(await asyncio.gather(*rest)), *(a.choices[0].message.content for a in answers)]
+
+    assert asyncio.run(moved_midway()) == expected
+    assert fast.log().count("moved 1 request(s) to the plain pipeline") == moved_before + 1
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_draft_model_samples_and_keeps_serving(smol_servers):
     """GenAI 2026.4 fails sampled requests of a draft-model pipeline with prefix caching, so the engine
     turns prefix caching off for a draft (with a warning): sampling works, and so does what follows."""
