@@ -264,6 +264,61 @@ def test_requests_running_when_load_rises_move_to_the_plain_pipeline_and_agree(s
 
 @pytest.mark.e2e
 @pytest.mark.slow
+def test_a_request_moves_to_the_plain_pipeline_and_back(smol_servers, smollm2_gguf, tmp_path_factory):
+    """disable_by_batch_size 4: the fifth request sends the four running ones to the plain pipeline;
+    once they are down to one, the next request brings that one back to the speculating pipeline (into
+    the pipeline it was cancelled in, under the same id). Its stream, across both moves, and every
+    other answer equal the plain server's; the spec_decode counts stay whole (K per draft)."""
+    spec = json.dumps({"method": "ngram", "num_speculative_tokens": 4, "disable_by_batch_size": 4})
+    fast = _serve(smollm2_gguf, tmp_path_factory, "--speculative-config", spec)
+    plain = smol_servers["plain"]
+    long = (COPY_PROMPTS[0], 300)
+    short = [(COPY_PROMPTS[1], 48), (CODE_PROMPT, 48), ("Write a short story about a lighthouse.", 48)]
+    fifth, sixth = ("Name three colours.", 24), ("Name three animals.", 24)
+    asks = [long, *short, fifth, sixth]
+
+    def request(prompt: str, max_tokens: int) -> dict:
+        return {"model": NAME, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                "temperature": 0, "extra_body": {"ignore_eos": True}}
+
+    expected = [plain.client().chat.completions.create(**request(*ask)).choices[0].message.content for ask in asks]
+
+    async def text_of(stream, text: list[str], until: int | None = None) -> str:
+        async for chunk in stream:
+            if chunk.choices:
+                text.append(chunk.choices[0].delta.content or "")
+            if until is not None and len(text) >= until:
+                break
+        return "".join(text)
+
+    async def round_trip() -> list[str]:
+        async with fast.async_client() as client:
+            texts: list[list[str]] = [[] for _ in range(4)]
+            streams = []
+            for (prompt, max_tokens), text in zip([long, *short], texts, strict=True):  # four running, speculating
+                stream = (await client.chat.completions.create(**request(prompt, max_tokens), stream=True)).__aiter__()
+                await text_of(stream, text, until=3 if not streams else 1)
+                streams.append(stream)
+            rest = [asyncio.ensure_future(text_of(stream, text)) for stream, text in zip(streams, texts, strict=True)]
+            answers = [(await client.chat.completions.create(**request(*fifth))).choices[0].message.content]
+            short_texts = await asyncio.gather(*rest[1:])  # the long one is alone in the engine now
+            assert not rest[0].done(), "the long request ended too soon to move back"
+            answers.append((await client.chat.completions.create(**request(*sixth))).choices[0].message.content)
+            return [await rest[0], *short_texts, *answers]
+
+    try:
+        assert asyncio.run(round_trip()) == expected
+        log = fast.log()
+        assert re.search(r"moved [1-4] request\(s\) to the plain pipeline", log), log
+        assert "moved 1 request(s) to the speculating pipeline" in log, log
+        counts = spec_counts(fast)
+        assert counts["num_draft_tokens_total"] == 4 * counts["num_drafts_total"] > 0
+    finally:
+        fast.stop()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_draft_model_samples_and_keeps_serving(smol_servers):
     """GenAI 2026.4 fails sampled requests of a draft-model pipeline with prefix caching, so the engine
     turns prefix caching off for a draft (with a warning): sampling works, and so does what follows."""

@@ -168,6 +168,9 @@ class Lane:
         self.ledger = PrefixCacheLedger(CPU_BLOCK_SIZE, None) if prefix_caching else None
         self.reported = (0, 0)  # the ledger's queries and hits in the last Stats
         self.drafts = SpeculationCounts(spec.num_speculative_tokens if spec else 0)
+        # requests were cancelled here since its last step: GenAI frees them (and forgets their ids,
+        # which may come back after a move) only in a step, so the lane gets one even if empty (~30 us)
+        self.cancelled = False
 
     def prefix_counts(self, cache_usage: float) -> tuple[int, int]:
         """Prefix-cache queries and hits since the last call."""
@@ -218,8 +221,9 @@ class EngineLoop:
                 continue
             self._move_to_current_lane()
             for lane in self.lanes:
-                if lane.requests:
+                if lane.requests or lane.cancelled:
                     lane.pipeline.step()
+                    lane.cancelled = False
             outputs, step_tokens = self._collect()
             self.conn.send(Outputs(outputs, self._stats(step_tokens)))
 
@@ -249,6 +253,7 @@ class EngineLoop:
             self.echoed.pop(message.request_id, None)
             if handle is not None:
                 handle.cancel()
+                self.lane_of[message.request_id].cancelled = True
                 self._left(message.request_id)
                 if not self.handles:  # idle now: report the gauges at once, not an idle interval later
                     self.conn.send(Outputs([], self._stats()))
@@ -335,23 +340,26 @@ class EngineLoop:
     def _move(self, request_id: int, lane: Lane) -> None:
         message = self.added[request_id]
         sampling, prompt_ids = message.sampling, message.prompt_ids
-        if request_id not in self.added_at:
+        fresh = request_id in self.added_at  # its prompt may not be computed yet
+        if not fresh:
             prompt_ids = list(self.tokens[request_id])
             delivered = len(prompt_ids) - len(message.prompt_ids)
             sampling = replace(sampling, max_new_tokens=sampling.max_new_tokens - delivered,
                                min_new_tokens=max(0, sampling.min_new_tokens - delivered), echo=False)
             self.refilling.add(request_id)
         self.handles.pop(request_id).cancel()
-        self._left(request_id)
+        self.lane_of[request_id].cancelled = True
+        self._left(request_id, computed=not fresh)
         self._add_to(lane, request_id, prompt_ids, sampling)
 
-    def _left(self, request_id: int) -> None:
-        """A request is out of its pipeline (finished, dropped or cancelled): its blocks are free."""
+    def _left(self, request_id: int, computed: bool = True) -> None:
+        """A request is out of its pipeline (finished, dropped or cancelled): its blocks are free, and
+        kept for reuse if it computed them."""
         tokens = self.tokens.pop(request_id, None)
         lane = self.lane_of.pop(request_id)
         lane.requests.discard(request_id)
         if lane.ledger is not None and tokens is not None:
-            lane.ledger.finish(request_id, tokens)
+            lane.ledger.finish(request_id, tokens if computed else [])
 
     def _collect(self) -> tuple[list[Output], int]:
         """The step's Outputs, and the tokens it computed as vLLM counts them (for
@@ -393,15 +401,15 @@ class EngineLoop:
                 ids = ids[count:]
             if ids and lane.spec is not None and request_id not in self.added_at and request_id not in self.refilling:
                 lane.drafts.step(len(ids))  # past its first token every step checked K guesses
-            if ids:
-                self.refilling.discard(request_id)
             if ids and request_id in self.tokens:
-                if request_id in self.added_at:  # its first output: the step computed its whole prompt
-                    step_tokens += len(self.tokens[request_id])
+                if request_id in self.added_at or request_id in self.refilling:
+                    step_tokens += len(self.tokens[request_id])  # its first output here: it computed the prompt
                 self.tokens[request_id].extend(ids)
                 if lane.ledger is not None:
                     lane.ledger.grow(request_id, len(self.tokens[request_id]))
             step_tokens += len(ids)
+            if ids:
+                self.refilling.discard(request_id)
             if ids or finish or error or prompt_logprobs is not None:
                 added_at = self.added_at.pop(request_id, None)
                 outputs.append(Output(request_id, ids, logprobs if logprobs else None, finish, error, added_at,
@@ -423,8 +431,10 @@ class EngineLoop:
             # The pipeline's counts describe its last step and go stale once it idles (finished and
             # aborted requests still show), so bound them by the requests this loop still holds.
             running += min(metrics.scheduled_requests, len(lane.requests))
-            # two lanes have a KV cache each: the fuller one is where requests wait or are preempted first
-            usage = max(usage, metrics.cache_usage / 100.0)
+            # two lanes have a KV cache each: the fuller one is where requests wait or are preempted first;
+            # a lane left empty reports its last busy step until stepped again, so it does not count
+            if lane.requests or lane is self._current_lane():
+                usage = max(usage, metrics.cache_usage / 100.0)
             lane_queries, lane_hits = lane.prefix_counts(metrics.cache_usage)
             queries, hits = queries + lane_queries, hits + lane_hits
         return Stats(running=running, waiting=max(0, len(self.handles) - running), kv_cache_usage=usage,
