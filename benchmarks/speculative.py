@@ -190,9 +190,8 @@ def bench_model(name: str, main: str, draft: str, args, workloads: dict, chat: b
                                                          ignore_eos=not chat))
                         results["batch_1"].setdefault(workload, {})[mode] = measured
                         print(f"[{name}] {label} {workload}: {measured['output_tok_s']:.1f} tok/s", flush=True)
-                batch_1 = [by_mode.get(mode) for by_mode in results["batch_1"].values()]
-                slow = all(m and m["output_tok_s"] < SLOW * by_mode["off"]["output_tok_s"]
-                           for m, by_mode in zip(batch_1, results["batch_1"].values(), strict=True))
+                slow = all(mode in by_mode and by_mode[mode]["output_tok_s"] < SLOW * by_mode["off"]["output_tok_s"]
+                           for by_mode in results["batch_1"].values())
                 for level in args.concurrency:
                     if mode != "off" and slow and level > 4:
                         # slower than plain decoding even alone: a loaded server only loses more

@@ -135,8 +135,11 @@ def events(api, namespace: str, name: str) -> list:
 def wait_events(api, namespace: str, name: str, wanted, timeout: float = 15.0) -> list:
     """The resource's Events once `wanted(events)` holds. The operator posts Events in the background
     (events.py, as client-go's recorder does), so one may land a moment after the status it explains."""
-    return wait_for(f"Events of {name}", lambda: (lambda found: wanted(found) and found)(
-        events(api, namespace, name)), timeout)
+    def found_wanted() -> list | None:
+        found = events(api, namespace, name)
+        return found if wanted(found) else None
+
+    return wait_for(f"Events of {name}", found_wanted, timeout)
 
 
 def engine_pods(api, namespace: str, name: str) -> list:

@@ -247,10 +247,7 @@ class EngineLoop:
             self._add(message)
         elif isinstance(message, Abort):
             handle = self.handles.pop(message.request_id, None)
-            self.added.pop(message.request_id, None)
-            self.added_at.pop(message.request_id, None)
-            self.refilling.discard(message.request_id)
-            self.echoed.pop(message.request_id, None)
+            self._forget(message.request_id)
             if handle is not None:
                 handle.cancel()
                 self.lane_of[message.request_id].cancelled = True
@@ -293,9 +290,7 @@ class EngineLoop:
             input_ids = self._ov.Tensor(self._np.array([prompt_ids], dtype=self._np.int64))
             handle = lane.pipeline.add_request(request_id, input_ids, config)
         except RuntimeError as exc:  # GenAI's own refusal of these parameters: this request fails alone
-            for held in (self.added, self.added_at, self.echoed):
-                held.pop(request_id, None)
-            self.refilling.discard(request_id)
+            self._forget(request_id)
             self.conn.send(Outputs([Output(request_id, [], None, None, error=str(exc))], self._stats()))
             return
         self.handles[request_id] = handle
@@ -351,6 +346,13 @@ class EngineLoop:
         self.lane_of[request_id].cancelled = True
         self._left(request_id, computed=not fresh)
         self._add_to(lane, request_id, prompt_ids, sampling)
+
+    def _forget(self, request_id: int) -> None:
+        """Drop what the loop keeps of a request that is gone from the engine (finished, refused or
+        aborted); _left frees its place in its lane."""
+        for held in (self.added, self.added_at, self.echoed):
+            held.pop(request_id, None)
+        self.refilling.discard(request_id)
 
     def _left(self, request_id: int, computed: bool = True) -> None:
         """A request is out of its pipeline (finished, dropped or cancelled): its blocks are free, and
@@ -416,9 +418,7 @@ class EngineLoop:
                                       prompt_logprobs))
             if finish or error:
                 del self.handles[request_id]
-                self.added.pop(request_id, None)
-                self.echoed.pop(request_id, None)
-                self.refilling.discard(request_id)
+                self._forget(request_id)
                 self._left(request_id)
         return outputs, step_tokens
 
